@@ -1,0 +1,56 @@
+"""`quotehelper inspect`: a readable or JSON dump of any quote."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from quotehelper.cli import main
+from quotehelper.errors import FormatError
+from quotehelper.sgx.describe import quote_dict
+from quotehelper.sgx.quote import parse_quote
+
+
+def _read_quote_file(path: Path) -> bytes:
+    data = path.read_bytes()
+    text = data.strip()
+    # Hex-encoded quotes are common in the wild; accept them too.
+    if text and all(c in b"0123456789abcdefABCDEF" for c in text[:64]) and len(text) % 2 == 0:
+        try:
+            return bytes.fromhex(text.decode())
+        except ValueError:
+            pass
+    return data
+
+
+def _print_tree(d: Any, indent: int = 0) -> None:
+    pad = "  " * indent
+    for k, v in d.items():
+        if isinstance(v, dict):
+            click.echo(f"{pad}{k}:")
+            _print_tree(v, indent + 1)
+        elif isinstance(v, list) and v and isinstance(v[0], str):
+            click.echo(f"{pad}{k}:")
+            for item in v:
+                click.echo(f"{pad}  - {item}")
+        else:
+            click.echo(f"{pad}{k}: {v}")
+
+
+@main.command("inspect")
+@click.argument("quote", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a readable tree.")
+def inspect_cmd(quote: Path, as_json: bool) -> None:
+    """Show the header, body, QE report and PCK extension of QUOTE (binary or hex)."""
+    try:
+        q = parse_quote(_read_quote_file(quote), allow_trailing=True)
+        d = quote_dict(q)
+    except FormatError as e:
+        raise click.ClickException(f"not a valid quote: {e}") from e
+    if as_json:
+        click.echo(json.dumps(d, indent=2))
+    else:
+        _print_tree(d)

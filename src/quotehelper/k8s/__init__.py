@@ -1,0 +1,1 @@
+"""Kubernetes integration: kubelet device plugin, mutating admission webhook, health probe."""

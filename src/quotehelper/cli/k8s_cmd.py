@@ -1,0 +1,76 @@
+"""`quotehelper device-plugin`, `quotehelper webhook`, `quotehelper health`: thin fronts over quotehelper.k8s."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+
+from quotehelper.cli import main
+from quotehelper.errors import QuoteHelperError
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+
+    def handler(signum, frame):  # noqa: ARG001
+        logging.getLogger("quotehelper.k8s").info("signal %d: shutting down", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command("device-plugin")
+@click.option("--plugin-dir", type=click.Path(path_type=Path), default="/var/lib/kubelet/device-plugins",
+              show_default=True, help="kubelet's device-plugin directory (kubelet.sock lives here)")
+@click.option("--aesmd-dir", type=click.Path(path_type=Path), default="/var/run/aesmd", show_default=True,
+              help="host directory holding the quote service's aesm.socket (mounted into pods)")
+@click.option("--simulate", is_flag=True, help="use the software SGX platform instead of /dev/sgx_*")
+@click.option("--platform-dir", type=click.Path(path_type=Path), default="/var/lib/quotehelper/platform",
+              show_default=True, help="software platform directory (the 'device' with --simulate)")
+@click.option("--dev-root", type=click.Path(path_type=Path), default="/dev", show_default=True,
+              help="where to look for sgx_enclave / sgx_provision")
+@click.option("--epc-mib", type=click.IntRange(min=1), default=None,
+              help="EPC size in MiB (default: discovered from sysfs or CPUID; 256 with --simulate)")
+@click.option("--max-epc-mib", type=click.IntRange(min=1), default=64 * 1024, show_default=True,
+              help="cap on advertised EPC devices (keeps ListAndWatch under kubelet's 4 MiB)")
+@click.option("--enclave-limit", type=click.IntRange(min=1), default=110, show_default=True)
+@click.option("--provision-limit", type=click.IntRange(min=1), default=110, show_default=True)
+@click.option("--health-interval", type=float, default=5.0, show_default=True,
+              help="seconds between device health checks")
+@click.option("-v", "--verbose", is_flag=True)
+def device_plugin(plugin_dir: Path, aesmd_dir: Path, simulate: bool, platform_dir: Path, dev_root: Path,
+                  epc_mib: int | None, max_epc_mib: int, enclave_limit: int, provision_limit: int,
+                  health_interval: float, verbose: bool) -> None:
+    """kubelet device plugin: sgx.intel.com/enclave, sgx.intel.com/provision and
+    kubernetes.azure.com/sgx_epc_mem_in_MiB, with the quote service's socket mounted into pods."""
+    from quotehelper.k8s.deviceplugin import framework, sgx
+
+    _logging(verbose)
+    try:
+        if simulate:
+            from quotehelper.platform.sim import SimPlatform
+
+            SimPlatform.create(platform_dir)  # idempotent: an existing platform is kept
+            node = sgx.simulated(platform_dir, epc_mib=epc_mib or 256, aesmd_dir=aesmd_dir)
+        else:
+            node = sgx.discover(dev_root, epc_mib=epc_mib, aesmd_dir=aesmd_dir)
+        servers = [framework.PluginServer(b, plugin_dir) for b in
+                   sgx.backends(node, enclave_limit=enclave_limit, provision_limit=provision_limit,
+                                max_epc_mib=max_epc_mib)]
+        stop = _stop_on_signals()
+        framework.PluginManager(servers, plugin_dir, poll_interval=0.5,
+                                health_interval=health_interval).run(stop)
+    except QuoteHelperError as e:
+        raise click.ClickException(str(e)) from e

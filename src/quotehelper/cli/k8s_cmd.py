@@ -74,3 +74,33 @@ def device_plugin(plugin_dir: Path, aesmd_dir: Path, simulate: bool, platform_di
                                 health_interval=health_interval).run(stop)
     except QuoteHelperError as e:
         raise click.ClickException(str(e)) from e
+
+
+@main.command("webhook")
+@click.option("--host", default="0.0.0.0", show_default=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8443, show_default=True)
+@click.option("--tls-dir", type=click.Path(path_type=Path, file_okay=False), default="/tls", show_default=True,
+              help="directory with tls.crt and tls.key (written by `quotehelper webhook-tls`)")
+@click.option("--epc-resource", type=click.Choice(["kubernetes.azure.com/sgx_epc_mem_in_MiB", "sgx.intel.com/epc"]),
+              default="kubernetes.azure.com/sgx_epc_mem_in_MiB", show_default=True,
+              help="the EPC resource the cluster serves; the other name is translated into it")
+@click.option("--socket-delivery", type=click.Choice(["plugin", "hostPath"]), default="plugin", show_default=True,
+              help="plugin: the device plugin mounts the socket; hostPath: the webhook adds a hostPath volume")
+@click.option("-v", "--verbose", is_flag=True)
+def webhook_cmd(host: str, port: int, tls_dir: Path, epc_resource: str, socket_delivery: str,
+                verbose: bool) -> None:
+    """Mutating admission webhook (HTTPS, AdmissionReview v1) wiring opted-in pods to the quote service."""
+    from quotehelper.k8s import mutate, webhook
+
+    _logging(verbose)
+    cfg = mutate.MutationConfig(epc_resource=epc_resource, socket_delivery=socket_delivery)
+    try:
+        server = webhook.make_server(host, port, tls_dir / "tls.crt", tls_dir / "tls.key", cfg)
+    except (OSError, ValueError) as e:
+        raise click.ClickException(f"cannot serve on {host}:{port} with {tls_dir}: {e}") from e
+    stop = _stop_on_signals()
+    webhook.serve_in_thread(server)
+    logging.getLogger("quotehelper.k8s.webhook").info("serving on https://%s:%d/mutate", host, port)
+    stop.wait()
+    server.shutdown()
+    server.server_close()

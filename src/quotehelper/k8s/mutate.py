@@ -1,0 +1,145 @@
+"""What the admission webhook does to a Pod, as a pure function from Pod JSON to RFC 6902 JSON Patch.
+
+A pod opts in with the annotation `quotehelper.io/quote-provider: aesm` (or Intel's
+`sgx.intel.com/quote-provider: aesmd`); nothing else is ever touched. For each SGX container of an
+opted-in pod (one that asks for enclave or EPC; every container when none does):
+- both EPC resource names become the one the cluster serves (`--epc-resource`): MiB count <-> bytes,
+  rounded up; a container naming both keeps the larger amount;
+- `sgx.intel.com/enclave: 1` is added (the enclave device, and through it the socket mount);
+- env `SGX_AESM_ADDR=1` is added (any value selects out-of-process quoting in Intel's library);
+- with `socket_delivery="hostPath"` (no device plugin delivers the socket), a `/var/run/aesmd` mount of
+  a hostPath volume `aesmd-socket` is added unless the container already mounts that path.
+Applying the result to its own output yields no further patch (idempotent: reinvocation is safe).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+from quotehelper.k8s.quantity import bytes_to_mib, mib_count
+
+QUOTE_PROVIDER_ANNOTATION = "quotehelper.io/quote-provider"
+INTEL_QUOTE_PROVIDER_ANNOTATION = "sgx.intel.com/quote-provider"
+OPT_IN = {QUOTE_PROVIDER_ANNOTATION: {"aesm", "aesmd"}, INTEL_QUOTE_PROVIDER_ANNOTATION: {"aesmd", "aesm"}}
+
+ENCLAVE = "sgx.intel.com/enclave"
+EPC_MIB = "kubernetes.azure.com/sgx_epc_mem_in_MiB"
+EPC_BYTES = "sgx.intel.com/epc"
+EPC_NAMES = (EPC_MIB, EPC_BYTES)
+SGX_RESOURCES = (ENCLAVE, *EPC_NAMES)
+
+AESMD_DIR = "/var/run/aesmd"
+SOCKET_VOLUME = "aesmd-socket"
+AESM_ADDR_ENV = "SGX_AESM_ADDR"
+
+
+@dataclass(frozen=True)
+class MutationConfig:
+    epc_resource: str = EPC_MIB  # the EPC resource the cluster's device plugin serves
+    socket_delivery: str = "plugin"  # "plugin": Allocate mounts the socket; "hostPath": the webhook does
+
+    def __post_init__(self) -> None:
+        if self.epc_resource not in EPC_NAMES:
+            raise ValueError(f"epc_resource must be one of {EPC_NAMES}")
+        if self.socket_delivery not in ("plugin", "hostPath"):
+            raise ValueError("socket_delivery must be 'plugin' or 'hostPath'")
+
+
+def opted_in(pod: dict[str, Any]) -> bool:
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    return any(annotations.get(key) in values for key, values in OPT_IN.items())
+
+
+def _pointer(*parts: str | int) -> str:
+    return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _epc_mib(resources: dict[str, Any]) -> int | None:
+    """The EPC a requests/limits map asks for, in MiB, whichever name it uses (the larger if both)."""
+    amounts = []
+    if EPC_MIB in resources:
+        amounts.append(mib_count(resources[EPC_MIB]))
+    if EPC_BYTES in resources:
+        amounts.append(bytes_to_mib(resources[EPC_BYTES]))
+    return max(amounts) if amounts else None
+
+
+def _translate_epc(resources: dict[str, Any], target: str) -> None:
+    mib = _epc_mib(resources)
+    if mib is None:
+        return
+    for name in EPC_NAMES:
+        resources.pop(name, None)
+    resources[target] = str(mib) if target == EPC_MIB else f"{mib}Mi"
+
+
+def _wants_sgx(container: dict[str, Any]) -> bool:
+    res = container.get("resources") or {}
+    return any(name in (res.get(kind) or {}) for kind in ("limits", "requests") for name in SGX_RESOURCES)
+
+
+def _mutate_container(c: dict[str, Any], cfg: MutationConfig) -> None:
+    resources = c.setdefault("resources", {})
+    limits = resources.setdefault("limits", {})
+    requests = resources.get("requests")
+    _translate_epc(limits, cfg.epc_resource)
+    if requests:
+        _translate_epc(requests, cfg.epc_resource)
+        # Extended resources need requests == limits; a request-only amount becomes the limit.
+        if cfg.epc_resource in requests and cfg.epc_resource not in limits:
+            limits[cfg.epc_resource] = requests[cfg.epc_resource]
+    limits.setdefault(ENCLAVE, "1")
+    if requests is not None and any(n in requests for n in SGX_RESOURCES):
+        requests.setdefault(ENCLAVE, limits[ENCLAVE])
+
+    env = c.setdefault("env", [])
+    if not any(e.get("name") == AESM_ADDR_ENV for e in env):
+        env.append({"name": AESM_ADDR_ENV, "value": "1"})
+
+    if cfg.socket_delivery == "hostPath":
+        mounts = c.setdefault("volumeMounts", [])
+        if not any(m.get("mountPath", "").rstrip("/") == AESMD_DIR for m in mounts):
+            mounts.append({"name": SOCKET_VOLUME, "mountPath": AESMD_DIR})
+
+
+def mutate(pod: dict[str, Any], cfg: MutationConfig = MutationConfig()) -> dict[str, Any]:  # noqa: B008
+    """The mutated copy of an opted-in pod (the pod itself, unchanged, when it did not opt in)."""
+    if not opted_in(pod):
+        return pod
+    new = copy.deepcopy(pod)
+    spec = new.setdefault("spec", {})
+    containers = spec.get("containers") or []
+    targets = [c for c in containers if _wants_sgx(c)] or containers
+    for c in targets:
+        _mutate_container(c, cfg)
+    if cfg.socket_delivery == "hostPath":
+        uses_volume = any(m.get("name") == SOCKET_VOLUME for c in containers for m in c.get("volumeMounts") or [])
+        volumes = spec.get("volumes") or []
+        if uses_volume and not any(v.get("name") == SOCKET_VOLUME for v in volumes):
+            spec["volumes"] = [*volumes, {"name": SOCKET_VOLUME,
+                                          "hostPath": {"path": AESMD_DIR, "type": "DirectoryOrCreate"}}]
+    return new
+
+
+def diff_patch(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
+    """JSON Patch turning `old` into `new`, at the granularity the mutation works on: a container's
+    `resources`, `env`, `volumeMounts`, and the pod's `volumes` (whole-field add/replace)."""
+    ops: list[dict[str, Any]] = []
+    old_containers = (old.get("spec") or {}).get("containers") or []
+    new_containers = (new.get("spec") or {}).get("containers") or []
+    for i, (before, after) in enumerate(zip(old_containers, new_containers, strict=True)):
+        for field in ("resources", "env", "volumeMounts"):
+            if after.get(field) != before.get(field):
+                ops.append({"op": "replace" if field in before else "add",
+                            "path": _pointer("spec", "containers", i, field), "value": after[field]})
+    old_volumes, new_volumes = (old.get("spec") or {}).get("volumes"), (new.get("spec") or {}).get("volumes")
+    if new_volumes != old_volumes:
+        ops.append({"op": "replace" if old_volumes is not None else "add",
+                    "path": _pointer("spec", "volumes"), "value": new_volumes})
+    return ops
+
+
+def patch_for(pod: dict[str, Any], cfg: MutationConfig = MutationConfig()) -> list[dict[str, Any]]:  # noqa: B008
+    return diff_patch(pod, mutate(pod, cfg))

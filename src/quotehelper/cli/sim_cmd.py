@@ -1,0 +1,220 @@
+"""`quotehelper sim ...`: create and use a software SGX platform (quotehelper.platform.sim)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from quotehelper.cli import main
+from quotehelper.errors import QuoteHelperError
+from quotehelper.platform.sim import TCB_STATUSES, SimEnclave, SimPlatform, default_platform_dir
+from quotehelper.sgx.structs import (
+    FLAG_DEBUG,
+    FLAG_INITTED,
+    FLAG_MODE64BIT,
+    TARGET_INFO_SIZE,
+    Attributes,
+    TargetInfo,
+)
+
+
+class HexBytes(click.ParamType):
+    """Hex bytes (optional 0x, spaces/colons ignored), exactly `size` or at most `max_size` bytes."""
+
+    name = "HEX"
+
+    def __init__(self, size: int | None = None, max_size: int | None = None) -> None:
+        self.size, self.max_size = size, max_size
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> bytes:
+        if isinstance(value, bytes):
+            return value
+        text = str(value).strip().removeprefix("0x").replace(" ", "").replace(":", "")
+        try:
+            data = bytes.fromhex(text)
+        except ValueError:
+            self.fail(f"{value!r} is not hex", param, ctx)
+        if self.size is not None and len(data) != self.size:
+            self.fail(f"needs exactly {self.size} bytes ({2 * self.size} hex digits), got {len(data)}", param, ctx)
+        if self.max_size is not None and len(data) > self.max_size:
+            self.fail(f"at most {self.max_size} bytes, got {len(data)}", param, ctx)
+        return data
+
+
+def _friendly(fn: Callable[..., None]) -> Callable[..., None]:
+    """Turns the library's deliberate errors into one-line CLI errors (exit 1), never a traceback."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except QuoteHelperError as e:
+            raise click.ClickException(str(e)) from e
+        except OSError as e:
+            raise click.ClickException(f"{e.filename or ''}: {e.strerror or e}") from e
+    return wrapper
+
+
+def _platform_option(fn: Callable[..., None]) -> Callable[..., None]:
+    return click.option("--platform", "platform_dir", type=click.Path(file_okay=False, path_type=Path),
+                        default=None, show_default=False,
+                        help="Platform directory [default: $QUOTEHELPER_PLATFORM or "
+                             "$XDG_DATA_HOME/quotehelper/platform].")(fn)
+
+
+def _resolve(platform_dir: Path | None) -> Path:
+    return platform_dir if platform_dir is not None else default_platform_dir()
+
+
+def _enclave_options(fn: Callable[..., None]) -> Callable[..., None]:
+    opts = [
+        click.option("--mr-enclave", type=HexBytes(32), default=None, help="App MRENCLAVE (32 bytes hex)."),
+        click.option("--mr-signer", type=HexBytes(32), default=None, help="App MRSIGNER (32 bytes hex)."),
+        click.option("--isv-prod-id", type=click.IntRange(0, 0xFFFF), default=0, show_default=True),
+        click.option("--isv-svn", type=click.IntRange(0, 0xFFFF), default=0, show_default=True),
+        click.option("--debug", is_flag=True, help="Set the DEBUG attribute (verifiers reject such quotes)."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _enclave(plat: SimPlatform, mr_enclave: bytes | None, mr_signer: bytes | None, isv_prod_id: int,
+             isv_svn: int, debug: bool) -> SimEnclave:
+    flags = FLAG_INITTED | FLAG_MODE64BIT | (FLAG_DEBUG if debug else 0)
+    return plat.enclave(mr_enclave=mr_enclave, mr_signer=mr_signer, isv_prod_id=isv_prod_id, isv_svn=isv_svn,
+                        attributes=Attributes(flags, 0x3))
+
+
+def _write_output(out: str, data: bytes) -> None:
+    """Writes binary `data` to a file, or hex to stdout for `-o -`."""
+    if out == "-":
+        click.echo(data.hex())
+    else:
+        Path(out).write_bytes(data)
+        click.echo(f"wrote {len(data)} bytes to {out}", err=True)
+
+
+def _read_target_info(path: Path) -> TargetInfo:
+    data = path.read_bytes()
+    if len(data) != TARGET_INFO_SIZE:
+        with contextlib.suppress(UnicodeDecodeError, ValueError):  # also accept the 512 bytes as hex text
+            data = bytes.fromhex(data.decode().strip())
+    if len(data) != TARGET_INFO_SIZE:
+        raise click.ClickException(f"{path}: a target info is {TARGET_INFO_SIZE} bytes (binary or hex), "
+                                   f"this file has {len(data)}")
+    return TargetInfo.parse(data)
+
+
+@main.group()
+def sim() -> None:
+    """Software SGX platform: simulated CPU, QE3/PCE, test PKI and signed collateral (no SGX hardware)."""
+
+
+@sim.command("init")
+@_platform_option
+@click.option("--pki", "pki_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Simulated-Intel PKI directory, shared by platforms [default: sibling 'pki' of the platform].")
+@click.option("--tcb-status", type=click.Choice(TCB_STATUSES), default="UpToDate", show_default=True,
+              help="TCB status verifiers will report for this platform.")
+@click.option("--advisory-id", "advisory_ids", multiple=True,
+              help="Advisory ID of the platform's TCB level (repeatable) [default: typical IDs for the status].")
+@click.option("--fmspc", type=HexBytes(6), default=None, help="FMSPC, 6 bytes hex [default: 00906ED50000].")
+@click.option("--ca", type=click.Choice(["processor", "platform"]), default="processor", show_default=True,
+              help="Which PCK CA issues the platform's PCK certificate.")
+@click.option("--sdk-compatible", is_flag=True,
+              help="Use the SGX SDK simulation-mode CPU constants, so SDK simulation-mode enclaves' reports verify.")
+@_friendly
+def init_cmd(platform_dir: Path | None, pki_dir: Path | None, tcb_status: str, advisory_ids: tuple[str, ...],
+             fmspc: bytes | None, ca: str, sdk_compatible: bool) -> None:
+    """Create a simulated platform (and its PKI). An existing platform is kept as it is."""
+    target = _resolve(platform_dir)
+    existed = (target / "platform.json").exists()
+    plat = SimPlatform.create(target, pki_dir=pki_dir, tcb_status=tcb_status, fmspc=fmspc,
+                              sdk_compatible=sdk_compatible, advisory_ids=list(advisory_ids) or None, ca=ca)
+    click.echo(f"{'existing' if existed else 'created'} platform {plat.platform_dir}")
+    click.echo(f"  PKI {plat.pki_dir}  FMSPC {plat.fmspc.hex().upper()}  PCK CA {plat.ca}")
+    advisories = ", ".join(plat.advisory_ids) or "none"
+    click.echo(f"  TCB status {plat.tcb_status} (advisories: {advisories})"
+               f"{'  SDK-simulation compatible' if plat.cpu.is_sdk_compatible else ''}")
+
+
+@sim.command("target-info")
+@_platform_option
+@click.option("-o", "--output", "out", required=True, help="Output file (512 bytes), or - for hex on stdout.")
+@_friendly
+def target_info_cmd(platform_dir: Path | None, out: str) -> None:
+    """Write the QE's target info (what an app enclave EREPORTs to for quoting)."""
+    plat = SimPlatform.open(_resolve(platform_dir))
+    _write_output(out, plat.engine().target_info().to_bytes())
+
+
+@sim.command("report")
+@_platform_option
+@click.option("--target-info", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
+              help="Target info of the enclave the report is for (512 bytes binary or hex).")
+@click.option("--report-data", type=HexBytes(max_size=64), default="", help="Up to 64 bytes hex, zero-padded.")
+@_enclave_options
+@click.option("-o", "--output", "out", required=True, help="Output file (432-byte REPORT), or - for hex.")
+@_friendly
+def report_cmd(platform_dir: Path | None, target_info: Path, report_data: bytes, out: str,
+               mr_enclave: bytes | None, mr_signer: bytes | None, isv_prod_id: int, isv_svn: int,
+               debug: bool) -> None:
+    """EREPORT by a simulated app enclave, MACed for the given target."""
+    plat = SimPlatform.open(_resolve(platform_dir))
+    enclave = _enclave(plat, mr_enclave, mr_signer, isv_prod_id, isv_svn, debug)
+    _write_output(out, enclave.report(_read_target_info(target_info), report_data).to_bytes())
+
+
+@sim.command("quote")
+@_platform_option
+@click.option("--report-data", type=HexBytes(max_size=64), default="", help="Up to 64 bytes hex, zero-padded.")
+@_enclave_options
+@click.option("-o", "--output", "out", required=True, help="Output file (binary quote), or - for hex.")
+@_friendly
+def quote_cmd(platform_dir: Path | None, report_data: bytes, out: str, mr_enclave: bytes | None,
+              mr_signer: bytes | None, isv_prod_id: int, isv_svn: int, debug: bool) -> None:
+    """Quote in-process: a simulated app enclave's report, quoted by the platform's QE3."""
+    plat = SimPlatform.open(_resolve(platform_dir))
+    enclave = _enclave(plat, mr_enclave, mr_signer, isv_prod_id, isv_svn, debug)
+    _write_output(out, plat.quote(report_data, enclave))
+
+
+@sim.command("export")
+@_platform_option
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory for root_ca.pem/.der, collateral.json and pcs/ (created if missing).")
+@_friendly
+def export_cmd(platform_dir: Path | None, out_dir: Path) -> None:
+    """Write the trust anchor and fresh signed collateral for verifiers."""
+    plat = SimPlatform.open(_resolve(platform_dir))
+    for path in plat.export(out_dir):
+        click.echo(str(path))
+
+
+@sim.command("revoke-pck")
+@_platform_option
+@_friendly
+def revoke_cmd(platform_dir: Path | None) -> None:
+    """Put the platform's PCK certificate on its CA's CRL (collateral exported afterwards shows it)."""
+    plat = SimPlatform.open(_resolve(platform_dir))
+    plat.pki.revoke_pck(plat)
+    click.echo(f"revoked PCK certificate serial {plat.pck_cert.serial_number:x} ({plat.ca} CA)")
+
+
+@sim.command("show")
+@_platform_option
+@_friendly
+def show_cmd(platform_dir: Path | None) -> None:
+    """Print the platform's configuration as JSON (no secrets)."""
+    plat = SimPlatform.open(_resolve(platform_dir))
+    info = dict(plat.config)
+    info.update(platform_dir=str(plat.platform_dir), cpu_svn=plat.cpu.cpu_svn.hex(),
+                sdk_compatible=plat.cpu.is_sdk_compatible, pck_serial=f"{plat.pck_cert.serial_number:x}",
+                attestation_key=(plat.platform_dir / "attestation_key.sealed").exists())
+    click.echo(json.dumps(info, indent=2))

@@ -1,0 +1,193 @@
+"""X.509 chains and CRLs, checked at a given `now` with `cryptography`.
+
+Rules (dcap-qvl/webpki and Intel QVL agree on these): every certificate valid at `now`
+(notBefore <= now <= notAfter); each issuer CA:TRUE with keyCertSign and a path length that allows
+the chain; the leaf CA:FALSE; every non-root certificate covered by a CRL from its issuer (unknown
+revocation status is a failure); CRLs signed by their issuer and current (thisUpdate <= now <
+nextUpdate, nextUpdate exclusive as in dcap-qvl). A `ChainChecker` lives for one verification and
+checks each distinct (certificate, issuer) signature once, so the three Intel chains sharing a root
+cost one signature check per distinct certificate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from quotehelper.verify.collateral import split_pem_chain
+from quotehelper.verify.errors import ErrorCode, Kind, VerificationError
+from quotehelper.verify.trust import TrustAnchor, select_anchor
+
+
+def cn(cert: x509.Certificate | x509.Name) -> str:
+    name = cert.subject if isinstance(cert, x509.Certificate) else cert
+    attrs = name.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else name.rfc4514_string()
+
+
+def load_pem_chain(pem: bytes, name: str, kind: Kind = Kind.COLLATERAL) -> list[x509.Certificate]:
+    try:
+        return [x509.load_pem_x509_certificate(c) for c in split_pem_chain(pem, name)]
+    except (ValueError, VerificationError) as e:
+        code = ErrorCode.PCK_CHAIN_MALFORMED if kind is Kind.QUOTE else ErrorCode.COLLATERAL_MALFORMED
+        raise VerificationError(code, f"{name}: certificate does not parse: {e}", {"chain": name}, kind) from e
+
+
+@dataclass
+class Window:
+    """The instants at which everything checked so far is valid."""
+
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+
+    def add(self, start: datetime | None, end: datetime | None) -> None:
+        if start is not None and (self.not_before is None or start > self.not_before):
+            self.not_before = start
+        if end is not None and (self.not_after is None or end < self.not_after):
+            self.not_after = end
+
+
+def _key_id(key: ec.EllipticCurvePublicKey) -> bytes:
+    return hashlib.sha256(key.public_bytes(serialization.Encoding.X962,
+                                           serialization.PublicFormat.UncompressedPoint)).digest()
+
+
+@dataclass
+class ChainChecker:
+    anchor: TrustAnchor
+    now: datetime
+    check_revocation: bool = True
+    window: Window = field(default_factory=Window)
+    # Shared between the checkers of one cached collateral: verified signatures, CRLs by issuer key.
+    verified: set[tuple[bytes, bytes]] = field(default_factory=set)
+    crls: dict[tuple[x509.Name, bytes], x509.CertificateRevocationList] = field(default_factory=dict)
+
+    # ---- CRLs ---------------------------------------------------------------------------------
+    def add_crl(self, der: bytes, issuer: x509.Certificate | TrustAnchor, name: str) -> x509.CertificateRevocationList:
+        """Parses a CRL, checks it is signed by `issuer` and current; later chain checks use it."""
+        issuer_cert = issuer.cert if isinstance(issuer, TrustAnchor) else issuer
+        try:
+            crl = x509.load_der_x509_crl(der)
+        except ValueError as e:
+            raise VerificationError(ErrorCode.COLLATERAL_MALFORMED, f"{name} does not parse: {e}", {"crl": name}) from e
+        key = issuer_cert.public_key()
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        if crl.issuer != issuer_cert.subject or not crl.is_signature_valid(key):
+            raise VerificationError(ErrorCode.CRL_SIGNATURE_INVALID, f"{name} is not signed by {cn(issuer_cert)}",
+                                    {"crl": name, "crl_issuer": crl.issuer.rfc4514_string(),
+                                     "expected_issuer": issuer_cert.subject.rfc4514_string()})
+        this_update, next_update = crl.last_update_utc, crl.next_update_utc
+        if next_update is None or self.now >= next_update:
+            raise VerificationError(ErrorCode.CRL_EXPIRED, f"{name} expired at {next_update}",
+                                    {"crl": name, "next_update": str(next_update), "now": str(self.now)})
+        if self.now < this_update:
+            raise VerificationError(ErrorCode.CRL_NOT_YET_VALID, f"{name} is issued at {this_update}, after now",
+                                    {"crl": name, "this_update": str(this_update), "now": str(self.now)})
+        self.window.add(this_update, next_update)
+        self.crls[(crl.issuer, _key_id(key))] = crl
+        return crl
+
+    # ---- chains -------------------------------------------------------------------------------
+    def check_chain(self, certs: list[x509.Certificate], name: str, kind: Kind = Kind.COLLATERAL,
+                    leaf_is_ca: bool = False) -> x509.Certificate:
+        """Leaf-first chain ending in (or issued by) this verification's anchor; returns the leaf.
+        `leaf_is_ca`: the chain ends in a CA (the PCK CRL issuer chain), so CA:TRUE is expected."""
+        try:
+            anchor, chain = select_anchor(certs, (self.anchor,), name)
+        except VerificationError as e:
+            e.kind = kind
+            raise
+        if not chain:
+            raise VerificationError(ErrorCode.PCK_CHAIN_MALFORMED if kind is Kind.QUOTE
+                                    else ErrorCode.COLLATERAL_MALFORMED, f"{name} chain holds only the root",
+                                    {"chain": name}, kind)
+        self._check_validity(anchor.cert, name, kind, len(chain))
+        issuers = chain[1:] + [anchor.cert]
+        for i, (cert, issuer) in enumerate(zip(chain, issuers, strict=True)):
+            self._check_validity(cert, name, kind, i)
+            self._check_signature(cert, issuer, name, kind, i)
+            self._check_issuer_constraints(issuer, name, kind, i + 1, below=i)
+            if self.check_revocation:
+                self._check_revocation(cert, issuer, name, kind, i)
+        if leaf_is_ca:
+            self._check_issuer_constraints(chain[0], name, kind, 0, below=0)
+        else:
+            self._check_leaf(chain[0], name, kind)
+        return chain[0]
+
+    def _err(self, code: ErrorCode, msg: str, kind: Kind, name: str, i: int, cert: x509.Certificate,
+             **extra: object) -> VerificationError:
+        return VerificationError(code, f"{name} chain, certificate {i} ({cn(cert)}): {msg}",
+                                 {"chain": name, "index": i, "subject": cert.subject.rfc4514_string(), **extra}, kind)
+
+    def _check_validity(self, cert: x509.Certificate, name: str, kind: Kind, i: int) -> None:
+        nb, na = cert.not_valid_before_utc, cert.not_valid_after_utc
+        if self.now > na:
+            raise self._err(ErrorCode.CERT_EXPIRED, f"expired at {na}", kind, name, i, cert, not_after=str(na))
+        if self.now < nb:
+            raise self._err(ErrorCode.CERT_NOT_YET_VALID, f"not valid before {nb}", kind, name, i, cert,
+                            not_before=str(nb))
+        self.window.add(nb, na)
+
+    def _check_signature(self, cert: x509.Certificate, issuer: x509.Certificate, name: str, kind: Kind,
+                         i: int) -> None:
+        if cert.issuer != issuer.subject:
+            raise self._err(ErrorCode.CERT_ISSUER_MISMATCH, f"issuer {cert.issuer.rfc4514_string()} is not "
+                            f"{issuer.subject.rfc4514_string()}", kind, name, i, cert)
+        memo = (cert.fingerprint(hashes.SHA256()), issuer.fingerprint(hashes.SHA256()))
+        if memo in self.verified:
+            return
+        key = issuer.public_key()
+        try:
+            algo = cert.signature_hash_algorithm
+            if not isinstance(key, ec.EllipticCurvePublicKey) or algo is None:
+                raise InvalidSignature
+            key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algo))
+        except (InvalidSignature, UnsupportedAlgorithm, ValueError) as e:
+            raise self._err(ErrorCode.CERT_SIGNATURE_INVALID, f"signature does not verify with {cn(issuer)}'s key",
+                            kind, name, i, cert) from e
+        self.verified.add(memo)
+
+    def _check_issuer_constraints(self, issuer: x509.Certificate, name: str, kind: Kind, i: int,
+                                  below: int) -> None:
+        try:
+            bc = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
+        except x509.ExtensionNotFound:
+            bc = None
+        if bc is None or not bc.ca:
+            raise self._err(ErrorCode.CERT_NOT_CA, "issues certificates but is not a CA", kind, name, i, issuer)
+        if bc.path_length is not None and below > bc.path_length:
+            raise self._err(ErrorCode.CERT_PATH_TOO_LONG, f"path length {bc.path_length} but {below} CAs below",
+                            kind, name, i, issuer)
+        try:
+            ku = issuer.extensions.get_extension_for_class(x509.KeyUsage).value
+            if not ku.key_cert_sign:
+                raise self._err(ErrorCode.CERT_NOT_CA, "key usage lacks keyCertSign", kind, name, i, issuer)
+        except x509.ExtensionNotFound:
+            pass
+
+    def _check_leaf(self, leaf: x509.Certificate, name: str, kind: Kind) -> None:
+        try:
+            if leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+                raise self._err(ErrorCode.CERT_IS_CA, "end-entity certificate is a CA", kind, name, 0, leaf)
+        except x509.ExtensionNotFound:
+            pass
+
+    def _check_revocation(self, cert: x509.Certificate, issuer: x509.Certificate, name: str, kind: Kind,
+                          i: int) -> None:
+        key = issuer.public_key()
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        crl = self.crls.get((issuer.subject, _key_id(key)))
+        if crl is None:
+            raise self._err(ErrorCode.CRL_MISSING, f"no CRL from {cn(issuer)}: revocation status unknown",
+                            Kind.COLLATERAL, name, i, cert)
+        revoked = crl.get_revoked_certificate_by_serial_number(cert.serial_number)
+        if revoked is not None:
+            raise self._err(ErrorCode.CERT_REVOKED, f"revoked on {revoked.revocation_date_utc}", kind, name, i,
+                            cert, serial=f"{cert.serial_number:X}")

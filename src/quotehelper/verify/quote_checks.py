@@ -1,0 +1,149 @@
+"""Checks on the quote itself: header, PCK chain bytes, QE report signature, QE report-data binding,
+ISV signature. Formats come from quotehelper.sgx; only the crypto and the comparisons live here.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from quotehelper.errors import FormatError
+from quotehelper.sgx.quote import (
+    ATT_KEY_TYPE_ECDSA_P256,
+    CERT_PCK_CHAIN,
+    CERT_PCK_LEAF,
+    INTEL_QE_VENDOR_ID,
+    TEE_TYPE_SGX,
+    Quote,
+    parse_quote,
+)
+from quotehelper.sgx.structs import ReportBody
+from quotehelper.verify.errors import ErrorCode, Kind, VerificationError
+
+_SHA256 = ec.ECDSA(hashes.SHA256())
+_PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----\n([A-Za-z0-9+/=\n]+?)-----END CERTIFICATE-----")
+
+
+def load_quote(data: bytes) -> Quote:
+    """Parses an SGX ECDSA-P256 quote v3/v4/v5. Zero padding after the signature data is tolerated."""
+    try:
+        q = parse_quote(data, allow_trailing=True)
+    except FormatError as e:
+        raise VerificationError(ErrorCode.QUOTE_MALFORMED, str(e), {"structure": e.structure, "field": e.field,
+                                                                    "offset": e.offset}) from e
+    if q._trailing.strip(b"\0"):
+        raise VerificationError(ErrorCode.QUOTE_MALFORMED, f"{len(q._trailing)} non-zero bytes after the "
+                                "signature data", {"field": "<end>"})
+    h = q.header
+    if h.tee_type != TEE_TYPE_SGX or not isinstance(q.body, ReportBody):
+        raise VerificationError(ErrorCode.QUOTE_UNSUPPORTED, "only SGX enclave quotes are verified (this one is "
+                                f"TEE type {h.tee_type:#x}, body type {q.body_type})", {"field": "header.tee_type"})
+    if h.att_key_type != ATT_KEY_TYPE_ECDSA_P256:
+        raise VerificationError(ErrorCode.QUOTE_UNSUPPORTED, f"attestation key type {h.att_key_type} (only "
+                                "ECDSA-256-with-P-256 = 2)", {"field": "header.att_key_type"})
+    if h.qe_vendor_id != INTEL_QE_VENDOR_ID:
+        raise VerificationError(ErrorCode.QE_VENDOR_UNKNOWN, f"QE vendor {h.qe_vendor_id.hex()} is not Intel's "
+                                f"({INTEL_QE_VENDOR_ID.hex()})", {"field": "header.qe_vendor_id"})
+    return q
+
+
+def strict_pem_chain(data: bytes, name: str = "pck") -> list[bytes]:
+    """DER certificates of a type-5 certification data blob, accepting only the exact form QE3 writes:
+    PEM blocks with '\\n' line ends, canonical base64, '\\n' between blocks, one optional trailing NUL.
+    Anything else is refused, so every changed byte of the chain is detected (PEM decoders ignore
+    some bits and whitespace)."""
+    body = data[:-1] if data.endswith(b"\0") else data
+    out, pos = [], 0
+
+    def bad(why: str) -> VerificationError:
+        return VerificationError(ErrorCode.PCK_CHAIN_MALFORMED, f"{name} certificate chain: {why}", {"chain": name})
+
+    for m in _PEM_BLOCK.finditer(body):
+        if body[pos:m.start()].strip(b"\n"):
+            raise bad(f"unexpected bytes at offset {pos}")
+        b64 = m.group(1).replace(b"\n", b"")
+        try:
+            der = base64.b64decode(b64, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise bad(f"bad base64 in certificate {len(out)}") from e
+        if base64.b64encode(der) != b64:
+            raise bad(f"certificate {len(out)} is not canonically base64-encoded")
+        out.append(der)
+        pos = m.end()
+    if body[pos:].strip(b"\n"):
+        raise bad(f"unexpected bytes at offset {pos}")
+    if not out:
+        raise bad("no certificate")
+    return out
+
+
+def pck_chain_ders(q: Quote, collateral_chain: bytes | None) -> list[bytes]:
+    """The PCK chain: from the quote (type 5), else from the collateral (types 1-4, as dcap-qvl)."""
+    cd = q.certification_data
+    if cd.type == CERT_PCK_CHAIN:
+        return strict_pem_chain(cd.data)
+    if collateral_chain:
+        return strict_pem_chain(collateral_chain.strip() + b"\n", "collateral pck")
+    what = "only the PCK leaf" if cd.type == CERT_PCK_LEAF else "no PCK certificate"
+    raise VerificationError(ErrorCode.CERT_DATA_UNSUPPORTED, f"certification data type {cd.type} carries {what}; "
+                            "give the PCK certificate chain in the collateral", {"cert_data_type": cd.type})
+
+
+def load_chain(ders: list[bytes], name: str = "pck") -> list[x509.Certificate]:
+    try:
+        return [x509.load_der_x509_certificate(d) for d in ders]
+    except ValueError as e:
+        raise VerificationError(ErrorCode.PCK_CHAIN_MALFORMED, f"{name} certificate does not parse: {e}",
+                                {"chain": name}, Kind.QUOTE) from e
+
+
+def raw_signature_valid(key: ec.EllipticCurvePublicKey, sig: bytes, data: bytes) -> bool:
+    """ECDSA-P256-SHA256 with a 64-byte r||s signature."""
+    r, s = int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big")
+    if not r or not s:
+        return False
+    try:
+        key.verify(encode_dss_signature(r, s), data, _SHA256)
+        return True
+    except InvalidSignature:
+        return False
+
+
+def attestation_key(q: Quote) -> ec.EllipticCurvePublicKey:
+    try:
+        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), b"\x04" + q.signature.attest_pub_key)
+    except ValueError as e:
+        raise VerificationError(ErrorCode.ATTESTATION_KEY_INVALID, "attestation key is not a P-256 point",
+                                {"field": "signature_data.attest_pub_key"}) from e
+
+
+def check_qe_report_signature(q: Quote, pck_key: ec.EllipticCurvePublicKey) -> None:
+    qe = q.signature.qe
+    if not raw_signature_valid(pck_key, qe.qe_report_signature, qe.qe_report.to_bytes()):
+        raise VerificationError(ErrorCode.QE_REPORT_SIGNATURE_INVALID, "QE report signature does not verify with the "
+                                "PCK certificate's key", {"field": "signature_data.qe_report_signature"})
+
+
+def check_qe_binding(q: Quote) -> None:
+    """QE report data = SHA-256(attestation key || QE auth data) || 32 zero bytes (any auth-data length)."""
+    qe = q.signature.qe
+    want = hashlib.sha256(q.signature.attest_pub_key + qe.qe_auth_data).digest()
+    rd = qe.qe_report.report_data
+    if rd[:32] != want or any(rd[32:]):
+        raise VerificationError(ErrorCode.QE_REPORT_DATA_MISMATCH, "QE report data does not bind the attestation "
+                                "key and QE auth data", {"field": "qe_report.report_data", "expected": want.hex(),
+                                                         "found": rd.hex()})
+
+
+def check_isv_signature(q: Quote, att_key: ec.EllipticCurvePublicKey) -> None:
+    if not raw_signature_valid(att_key, q.signature.isv_signature, q.signed_bytes()):
+        raise VerificationError(ErrorCode.ISV_SIGNATURE_INVALID, "ISV enclave report signature does not verify with "
+                                "the attestation key", {"field": "signature_data.isv_signature"})

@@ -1,0 +1,107 @@
+"""Trust anchors: Intel's production SGX Root CA (built in, pinned by SHA-256) or an explicit test root.
+
+A chain is trusted only if its self-signed top certificate is byte-identical to a trusted anchor (or,
+when the chain omits the root, if its top certificate is signed by the anchor). Roots that copy Intel's
+name but not its key (Intel's QVL sample PKI, the pre-production PKI) are therefore refused by
+default; they are accepted only when passed explicitly (`--root-ca FILE`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from quotehelper.verify.errors import ErrorCode, VerificationError
+
+INTEL_SGX_ROOT_CA_SHA256 = "44A0196B2B99F889B8E149E95B807A350E7424964399E885A7CBB8CCFAB674D3"
+INTEL_SGX_ROOT_CA_NAME = "CN=Intel SGX Root CA,O=Intel Corporation,L=Santa Clara,ST=CA,C=US"
+
+# Roots seen in public test data that reuse Intel's name; named so the error says what they are.
+KNOWN_NON_PRODUCTION_ROOTS = {
+    "842A5BCB64BA3F7D755036CE1BB85778B3481A5DD75F4731C381B8EEA658AA0D": "Intel QVL sample-data test root (SGX)",
+    "BF85A53FC08F84CB1F73A4F75F48AF566E30AC040699BA0EC1B8D593C05B56FC": "Intel QVL sample-data test root (TDX)",
+    "FC64F8076D79A4FEE9D1D473D74C89EB8D8FD55C5ABAFEABEBA7366D20429404": "Intel pre-production SGX root",
+}
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest().upper()
+
+
+@dataclass(frozen=True, eq=False)
+class TrustAnchor:
+    cert: x509.Certificate
+    der: bytes
+    sha256: str
+    builtin: bool = False
+
+    @property
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        key = self.cert.public_key()
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        return key
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "root CA") -> TrustAnchor:
+        """A root certificate in DER or PEM (a test root for a test PKI)."""
+        try:
+            cert = (x509.load_pem_x509_certificate(data) if data.lstrip().startswith(b"-----BEGIN")
+                    else x509.load_der_x509_certificate(data))
+        except ValueError as e:
+            raise VerificationError(ErrorCode.ROOT_CA_MALFORMED, f"{source}: not an X.509 certificate: {e}") from e
+        if not isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
+            raise VerificationError(ErrorCode.ROOT_CA_MALFORMED, f"{source}: root key is not ECDSA")
+        der = cert.public_bytes(serialization.Encoding.DER)
+        return cls(cert, der, hashlib.sha256(der).hexdigest().upper())
+
+    @classmethod
+    def from_file(cls, path: Path) -> TrustAnchor:
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise VerificationError(ErrorCode.ROOT_CA_MALFORMED, f"cannot read {path}: {e}") from e
+        return cls.from_bytes(data, str(path))
+
+    @classmethod
+    def intel(cls) -> TrustAnchor:
+        return _intel_root()
+
+
+@cache
+def _intel_root() -> TrustAnchor:
+    der = resources.files("quotehelper.verify").joinpath("data/Intel_SGX_Root_CA.der").read_bytes()
+    anchor = TrustAnchor.from_bytes(der, "built-in Intel SGX Root CA")
+    if anchor.sha256 != INTEL_SGX_ROOT_CA_SHA256:  # the packaged file was altered: refuse to run
+        raise RuntimeError(f"built-in Intel SGX Root CA has SHA-256 {anchor.sha256}, pinned {INTEL_SGX_ROOT_CA_SHA256}")
+    return TrustAnchor(anchor.cert, anchor.der, anchor.sha256, builtin=True)
+
+
+def select_anchor(chain: list[x509.Certificate], anchors: tuple[TrustAnchor, ...],
+                  chain_name: str) -> tuple[TrustAnchor, list[x509.Certificate]]:
+    """Picks the anchor the chain ends in; returns it and the chain without its root certificate."""
+    top = chain[-1]
+    if top.subject == top.issuer:
+        fp = fingerprint(top)
+        for a in anchors:
+            if a.sha256 == fp:
+                return a, chain[:-1]
+        what = KNOWN_NON_PRODUCTION_ROOTS.get(fp)
+        looks_intel = top.subject.rfc4514_string() == INTEL_SGX_ROOT_CA_NAME
+        reason = (f"root is the {what}" if what else
+                  "root copies the Intel SGX Root CA name but not its key" if looks_intel else
+                  "root is not a trusted anchor")
+        raise VerificationError(ErrorCode.ROOT_NOT_TRUSTED, f"{chain_name} chain: {reason}", {
+            "chain": chain_name, "root_subject": top.subject.rfc4514_string(), "root_sha256": fp,
+            "trusted_sha256": [a.sha256 for a in anchors]})
+    for a in anchors:
+        if top.issuer == a.cert.subject:
+            return a, chain
+    raise VerificationError(ErrorCode.ROOT_NOT_TRUSTED, f"{chain_name} chain: top certificate's issuer is not a "
+                            "trusted anchor", {"chain": chain_name, "issuer": top.issuer.rfc4514_string()})

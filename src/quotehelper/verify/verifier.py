@@ -1,0 +1,232 @@
+"""Orchestration: collateral -> chains and CRLs -> signatures and bindings -> TCB -> policy -> verdict.
+
+Speed: verified collateral (root CRL, PCK CRL + chain, TCB info and QE identity with their chains and
+signatures) is cached under the collateral's content hash and the trust anchor, together with the
+window of instants at which all of it is valid; a verified PCK chain is cached the same way under the
+hash of its bytes. A quote from a known platform family then costs its two ECDSA signature checks
+(QE report, ISV report) plus parsing. Outside the window everything is re-checked, so the precise
+error (e.g. CRL_EXPIRED) is still reported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from quotehelper.errors import FormatError
+from quotehelper.sgx.pck import SGX_EXTENSION_OID, PckExtension
+from quotehelper.sgx.quote import CERT_PCK_CHAIN
+from quotehelper.verify import quote_checks as qc
+from quotehelper.verify.chain import ChainChecker, Window, cn, load_pem_chain
+from quotehelper.verify.collateral import Collateral
+from quotehelper.verify.errors import ErrorCode, Kind, VerificationError
+from quotehelper.verify.policy import Policy
+from quotehelper.verify.tcb import QeIdentity, TcbInfo, check_dates, converge, merge_advisories
+from quotehelper.verify.trust import TrustAnchor, select_anchor
+from quotehelper.verify.verdict import EnclaveIdentity, Verdict
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Lru(Generic[K, V]):
+    def __init__(self, size: int) -> None:
+        self.size, self.data = size, OrderedDict[K, V]()
+
+    def get(self, key: K) -> V | None:
+        v = self.data.get(key)
+        if v is not None:
+            self.data.move_to_end(key)
+        return v
+
+    def put(self, key: K, value: V) -> None:
+        self.data[key] = value
+        self.data.move_to_end(key)
+        while len(self.data) > self.size:
+            self.data.popitem(last=False)
+
+
+@dataclass(frozen=True)
+class VerifyOptions:
+    """Everything a verification depends on besides the quote. `now` None = the current time."""
+
+    trusted_roots: tuple[TrustAnchor, ...] = ()   # empty = Intel's production root (pinned)
+    now: datetime | None = None
+    check_revocation: bool = True
+    collateral: Collateral | None = None
+    policy: Policy | None = None                  # None = Policy.permissive()
+
+
+@dataclass
+class VerifiedCollateral:
+    anchor: TrustAnchor
+    tcb_info: TcbInfo
+    qe_identity: QeIdentity
+    window: Window
+    oldest_issue: datetime
+    verified: set[tuple[bytes, bytes]] = field(default_factory=set)
+    crls: dict[Any, x509.CertificateRevocationList] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VerifiedPck:
+    leaf_key: ec.EllipticCurvePublicKey
+    ext: PckExtension
+    ca_type: str
+    window: Window
+
+
+def _within(w: Window, now: datetime) -> bool:
+    return w.not_before is not None and w.not_after is not None and w.not_before <= now < w.not_after
+
+
+def _to_utc(t: datetime) -> datetime:
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+class Verifier:
+    """Reusable and cheap to keep: holds the trust anchors and the verified-collateral cache."""
+
+    def __init__(self, options: VerifyOptions | None = None, cache_size: int = 64) -> None:
+        self.options = options or VerifyOptions()
+        self.roots = self.options.trusted_roots or (TrustAnchor.intel(),)
+        self._collateral_cache: _Lru[tuple[bytes, str, bool], VerifiedCollateral] = _Lru(cache_size)
+        self._pck_cache: _Lru[tuple[bytes, bytes, str], VerifiedPck] = _Lru(cache_size * 64)
+
+    def verify(self, quote: bytes, collateral: Collateral | None = None, *, now: datetime | None = None,
+               policy: Policy | None = None) -> Verdict:
+        """Never raises for a bad quote or bad collateral: the verdict carries the error."""
+        coll = collateral or self.options.collateral
+        when = _to_utc(now or self.options.now or datetime.now(UTC))
+        facts: dict[str, Any] = {}
+        try:
+            if coll is None:
+                raise VerificationError(ErrorCode.COLLATERAL_MALFORMED, "no collateral given")
+            verdict, oldest = self._verify(quote, coll, when, facts)
+        except VerificationError as e:
+            return Verdict(valid=False, error=e, **facts)
+        pol = policy or self.options.policy
+        rules = (pol or Policy.permissive()).evaluate(verdict, when, oldest)
+        return replace(verdict, policy=tuple(rules), policy_applied=pol is not None)
+
+    # ---- steps ------------------------------------------------------------------------------------
+    def _verify(self, raw: bytes, coll: Collateral, now: datetime,
+                facts: dict[str, Any]) -> tuple[Verdict, datetime]:
+        q = qc.load_quote(raw)
+        body = q.report_body
+        facts.update(quote_version=q.version, enclave=EnclaveIdentity.of(body))
+        cd = q.certification_data
+        chain_src = cd.data if cd.type == CERT_PCK_CHAIN else (coll.pck_certificate_chain or b"")
+        chain_key = hashlib.sha256(chain_src).digest()
+        vc, pck = self._cached(chain_key, coll, now)
+        if pck is None:
+            certs = qc.load_chain(qc.pck_chain_ders(q, coll.pck_certificate_chain))
+            anchor, _ = select_anchor(certs, self.roots, "pck")
+            if vc is None or vc.anchor is not anchor:
+                vc = self._verify_collateral(coll, anchor, now)
+            pck = self._verify_pck(certs, vc, now)
+            self._pck_cache.put((chain_key, coll.content_hash, anchor.sha256), pck)
+        ext = pck.ext
+        facts.update(fmspc=ext.fmspc.hex().upper(), pce_id=ext.pce_id.hex().upper(), ppid=ext.ppid.hex(),
+                     ca_type=pck.ca_type)
+        assert vc is not None
+        qc.check_qe_report_signature(q, pck.leaf_key)
+        qc.check_qe_binding(q)
+        qe_level = vc.qe_identity.match(q.signature.qe.qe_report)
+        qc.check_isv_signature(q, qc.attestation_key(q))
+        level = vc.tcb_info.match(ext)
+        status = converge(level.status, qe_level.status)
+        if status == "Revoked":
+            raise VerificationError(ErrorCode.TCB_REVOKED, "TCB status is Revoked", {"platform": level.status,
+                                                                                     "qe": qe_level.status})
+        window = Window(vc.window.not_before, vc.window.not_after)
+        window.add(pck.window.not_before, pck.window.not_after)
+        return Verdict(
+            valid=True, status=status, platform_status=level.status, qe_status=qe_level.status,
+            advisory_ids=tuple(merge_advisories(level.advisory_ids, qe_level.advisory_ids)), tcb_level=level,
+            tcb_date=level.tcb_date, collateral_not_before=window.not_before, collateral_not_after=window.not_after,
+            tcb_evaluation_data_number=vc.tcb_info.evaluation_data_number, **facts), vc.oldest_issue
+
+    def _cached(self, chain_key: bytes, coll: Collateral,
+                now: datetime) -> tuple[VerifiedCollateral | None, VerifiedPck | None]:
+        for anchor in self.roots:
+            vc = self._collateral_cache.get((coll.content_hash, anchor.sha256, self.options.check_revocation))
+            if vc is None or not _within(vc.window, now):
+                continue
+            pck = self._pck_cache.get((chain_key, coll.content_hash, anchor.sha256))
+            return vc, (pck if pck is not None and _within(pck.window, now) else None)
+        return None, None
+
+    def _verify_collateral(self, coll: Collateral, anchor: TrustAnchor, now: datetime) -> VerifiedCollateral:
+        key = (coll.content_hash, anchor.sha256, self.options.check_revocation)
+        cached = self._collateral_cache.get(key)
+        if cached is not None and _within(cached.window, now):
+            return cached
+        ck = ChainChecker(anchor, now, self.options.check_revocation)
+        root_crl = ck.add_crl(coll.root_ca_crl, anchor, "root CA CRL")
+        if root_crl.get_revoked_certificate_by_serial_number(anchor.cert.serial_number) is not None:
+            raise VerificationError(ErrorCode.CERT_REVOKED, "the root CA CRL revokes the root itself",
+                                    {"chain": "root"}, Kind.COLLATERAL)
+        crl_chain = load_pem_chain(coll.pck_crl_issuer_chain, "pck_crl_issuer_chain")
+        pck_ca = ck.check_chain(crl_chain, "pck_crl_issuer_chain", leaf_is_ca=True)
+        pck_crl = ck.add_crl(coll.pck_crl, pck_ca, "PCK CRL")
+        tcb_signer = ck.check_chain(load_pem_chain(coll.tcb_info_issuer_chain, "tcb_info_issuer_chain"),
+                                    "tcb_info_issuer_chain")
+        self._check_signed(tcb_signer, coll.tcb_info, coll.tcb_info_signature, "TCB info",
+                           ErrorCode.TCB_INFO_SIGNATURE_INVALID)
+        if coll.qe_identity_issuer_chain == coll.tcb_info_issuer_chain:
+            qe_signer = tcb_signer
+        else:
+            qe_signer = ck.check_chain(load_pem_chain(coll.qe_identity_issuer_chain, "qe_identity_issuer_chain"),
+                                       "qe_identity_issuer_chain")
+        self._check_signed(qe_signer, coll.qe_identity, coll.qe_identity_signature, "QE identity",
+                           ErrorCode.QE_IDENTITY_SIGNATURE_INVALID)
+        tcb = TcbInfo.parse(coll.tcb_info)
+        check_dates(tcb.issue_date, tcb.next_update, now, "TCB info", ErrorCode.TCB_INFO_EXPIRED,
+                    ErrorCode.TCB_INFO_NOT_YET_VALID)
+        qe = QeIdentity.parse(coll.qe_identity)
+        check_dates(qe.issue_date, qe.next_update, now, "QE identity", ErrorCode.QE_IDENTITY_EXPIRED,
+                    ErrorCode.QE_IDENTITY_NOT_YET_VALID)
+        ck.window.add(tcb.issue_date, tcb.next_update)
+        ck.window.add(qe.issue_date, qe.next_update)
+        oldest = min(tcb.issue_date, qe.issue_date, root_crl.last_update_utc, pck_crl.last_update_utc)
+        vc = VerifiedCollateral(anchor, tcb, qe, ck.window, oldest, ck.verified, ck.crls)
+        self._collateral_cache.put(key, vc)
+        return vc
+
+    @staticmethod
+    def _check_signed(signer: x509.Certificate, data: bytes, sig: bytes, what: str, code: ErrorCode) -> None:
+        key = signer.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey) or not qc.raw_signature_valid(key, sig, data):
+            raise VerificationError(code, f"{what} signature does not verify with {cn(signer)}'s key over the exact "
+                                    "signed bytes", {"signer": signer.subject.rfc4514_string()})
+
+    def _verify_pck(self, certs: list[x509.Certificate], vc: VerifiedCollateral, now: datetime) -> VerifiedPck:
+        ck = ChainChecker(vc.anchor, now, self.options.check_revocation, verified=vc.verified, crls=vc.crls)
+        leaf = ck.check_chain(certs, "pck", Kind.QUOTE)
+        try:
+            der = leaf.extensions.get_extension_for_oid(x509.ObjectIdentifier(SGX_EXTENSION_OID)).value
+            ext = PckExtension.parse(der.value)  # type: ignore[attr-defined]
+        except (x509.ExtensionNotFound, FormatError) as e:
+            raise VerificationError(ErrorCode.PCK_EXTENSION_MALFORMED, f"PCK certificate SGX extension: {e}",
+                                    {"subject": leaf.subject.rfc4514_string()}) from e
+        key = leaf.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise VerificationError(ErrorCode.PCK_CHAIN_MALFORMED, "PCK key is not ECDSA", {"chain": "pck"})
+        issuer = cn(leaf.issuer)
+        ca_type = "platform" if "Platform" in issuer or ext.is_platform_ca else "processor"
+        return VerifiedPck(key, ext, ca_type, ck.window)
+
+
+def verify_quote(quote: bytes, collateral: Collateral, **options: Any) -> Verdict:
+    """One-shot convenience: `verify_quote(q, c, now=..., trusted_roots=(...), policy=...)`."""
+    return Verifier(VerifyOptions(**options)).verify(quote, collateral)
+
+
+

@@ -1,0 +1,118 @@
+"""Fixtures: a software platform, the real service (asyncio server + worker processes) on a temp socket,
+and raw-frame helpers that talk to it exactly as a C client would."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from quotehelper.aesm import client as aesm_client
+from quotehelper.aesm.handlers import Dispatcher
+from quotehelper.aesm.server import AesmResponder, AesmServer
+from quotehelper.aesm.workers import EngineSpec, WorkerPool
+from quotehelper.platform.sim import SimPlatform
+
+
+@pytest.fixture(scope="session")
+def aesm_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("aesm")
+
+
+@pytest.fixture(scope="session")
+def platform(aesm_root: Path) -> SimPlatform:
+    plat = SimPlatform.create(aesm_root / "platform")
+    plat.engine().init_quote(plat.engine().supported_att_key_ids()[0])  # the key exists, as after first use
+    return plat
+
+
+def engine_spec(plat: SimPlatform) -> EngineSpec:
+    return EngineSpec("quotehelper.platform.sim:SimPlatform.open", (str(plat.platform_dir),), then="engine")
+
+
+class ThreadedService:
+    """The real server and worker pool, on an event loop in a background thread (signals stay with pytest)."""
+
+    def __init__(self, sock: str, plat: SimPlatform, *, workers: int = 2, queue_limit: int | None = None,
+                 read_timeout: float = 1.0, mode: int = 0o666, max_frame: int | None = None) -> None:
+        self.sock = sock
+        self.pool = WorkerPool(engine_spec(plat), workers=workers, queue_limit=queue_limit)
+        self.responder = AesmResponder(Dispatcher(plat.engine().supported_att_key_ids()), self.pool)
+        kw = {} if max_frame is None else {"max_frame": max_frame}
+        self.server = AesmServer(sock, self.responder, read_timeout=read_timeout, mode=mode, **kw)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self.loop = asyncio.get_running_loop()
+            await self.pool.start()
+            try:
+                await self.server.start()
+                self._ready.set()
+                await self.server.wait_stopped()
+                await self.server.stop()
+            finally:
+                await self.pool.close()
+
+        try:
+            asyncio.run(main())
+        except BaseException as e:  # surfaced by start()
+            self._error = e
+            self._ready.set()
+
+    def start(self) -> ThreadedService:
+        self._thread.start()
+        self._ready.wait(30)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def stop(self) -> None:
+        if self.loop is not None and self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self.server.request_stop)
+        self._thread.join(30)
+
+
+@pytest.fixture(scope="module")
+def service(platform: SimPlatform, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ThreadedService]:
+    svc = ThreadedService(str(tmp_path_factory.mktemp("svc") / "aesm.socket"), platform).start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_client_mode() -> Iterator[None]:
+    # One process, one mode, in real apps; each test is its own "app" here.
+    aesm_client.reset_process_mode()
+    yield
+    aesm_client.reset_process_mode()
+
+
+def exchange(sock_path: str, data: bytes, timeout: float = 10.0, shut_write: bool = False) -> bytes:
+    """Sends raw bytes, returns everything the server sends until it closes the connection."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(sock_path)
+        s.sendall(data)
+        if shut_write:
+            s.shutdown(socket.SHUT_WR)
+        out = bytearray()
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        return bytes(out)
+    finally:
+        s.close()

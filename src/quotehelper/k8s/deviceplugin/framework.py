@@ -88,15 +88,16 @@ def socket_is_served(path: Path) -> bool:
         return True
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of a socket file, or None when it is missing: a recreated file gets a new one."""
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """(device, inode, ctime) of a socket file, or None when it is missing. A recreated file may reuse the
+    inode number, so the change time is part of the identity."""
     try:
         st = path.stat()
     except FileNotFoundError:
         return None
     if not stat.S_ISSOCK(st.st_mode):
         return None
-    return (st.st_dev, st.st_ino)
+    return (st.st_dev, st.st_ino, st.st_ctime_ns)
 
 
 class _Servicer(api_pb2_grpc.DevicePluginServicer):
@@ -161,7 +162,7 @@ class PluginServer:
         self._response = api_pb2.ListAndWatchResponse()
         self._closing = False
         self._server: grpc.Server | None = None
-        self._socket_id: tuple[int, int] | None = None
+        self._socket_id: tuple[int, int, int] | None = None
         self.refresh()
 
     # --- device state -------------------------------------------------------------------------------
@@ -255,7 +256,7 @@ class PluginManager:
         self.poll_interval = poll_interval
         self.health_interval = health_interval
         self.registrations = 0  # successful Register calls, for tests and logs
-        self._registered_with: tuple[int, int] | None = None
+        self._registered_with: tuple[int, int, int] | None = None
 
     def _ensure_registered(self) -> None:
         for srv in self.servers:
@@ -265,7 +266,10 @@ class PluginManager:
                 srv.restart()
                 self._registered_with = None
         kubelet = _identity(self.kubelet_socket)
-        if kubelet is None or kubelet == self._registered_with:
+        if kubelet is None:  # kubelet is (re)starting: register with whatever socket comes next
+            self._registered_with = None
+            return
+        if kubelet == self._registered_with:
             return
         try:
             for srv in self.servers:

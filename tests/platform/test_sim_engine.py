@@ -73,6 +73,7 @@ def test_quote_contents(platform: SimPlatform) -> None:
     assert info is None
     assert eng.quote_size(KEY) == len(quote)
     q = parse_quote(quote)
+    assert q.to_bytes() == quote and len(quote) == 1052 + len(q.certification_data.data)
     h = q.header
     assert (h.version, h.att_key_type, h.tee_type, h.qe_svn, h.pce_svn) == (3, 2, 0, 8, 13)
     assert h.qe_vendor_id == INTEL_QE_VENDOR_ID

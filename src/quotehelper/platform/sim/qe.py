@@ -26,6 +26,7 @@ from quotehelper.platform.sim.cpu import EnclaveIdentity, SimCpu
 from quotehelper.platform.sim.store import PlatformStoreError, read_private, write_atomic
 from quotehelper.sgx.quote import (
     CERT_PCK_CHAIN,
+    HEADER_SIZE,
     INTEL_QE_AUTH_DATA,
     CertificationData,
     EcdsaSignatureData,
@@ -41,6 +42,7 @@ from quotehelper.sgx.structs import (
     FLAG_PROVISION_KEY,
     INTEL_QE3_MRSIGNER,
     QE_REPORT_INFO_SIZE,
+    REPORT_BODY_SIZE,
     REPORT_SIZE,
     AttKeyId,
     Attributes,
@@ -181,9 +183,12 @@ class Qe3Engine:
                                   user_data=qe_id + bytes(4))
         self._seal_key = cpu.seal_key(self.identity, _SEAL_LABEL)
         self._key: AttestationKey | None = None
+        self._header_bytes = self.header.to_bytes()
+        self._sig_len_field = b""
+        self._after_isv_sig = b""
         self._lock = threading.Lock()
         # The exact size, from the real encoder over a quote with placeholder signatures.
-        self._quote_size = len(self._build(bytes(384), bytes(64), bytes(64),
+        self._quote_size = len(self._build(bytes(REPORT_BODY_SIZE), bytes(64), bytes(64),
                                            Report(ReportBody()), bytes(64)))
 
     # ---- QuotingEngine -----------------------------------------------------------------------------
@@ -223,9 +228,9 @@ class Qe3Engine:
             raise QuoteError(QuoteErrorCode.INVALID_REPORT,
                              "the REPORT's MAC does not verify with the QE's report key (not made for this "
                              "QE's target info on this platform)")
-        body = report[:384]
-        isv_sig = raw_signature(key.private_key, self.header.to_bytes() + body)
-        quote = self._build(body, isv_sig, key.public_xy, key.qe_report, key.qe_report_signature)
+        signed = self._header_bytes + report[:REPORT_BODY_SIZE]
+        # Splice into the per-key template: signature_data_len ‖ ISV signature ‖ the constant rest.
+        quote = signed + self._sig_len_field + raw_signature(key.private_key, signed) + self._after_isv_sig
         if info is None:
             return quote, None
         # §5.7: a report for the app enclave binding the nonce to this exact quote.
@@ -256,7 +261,7 @@ class Qe3Engine:
         if self._key is None:
             with self._lock:
                 if self._key is None:
-                    self._key = self._load_key()
+                    self._set_key(self._load_key())
         if self._key is None:
             raise QuoteError(QuoteErrorCode.ATT_KEY_NOT_INITIALIZED,
                              "no attestation key yet: call init_quote first")
@@ -265,8 +270,21 @@ class Qe3Engine:
     def _ensure_key(self) -> AttestationKey:
         with self._lock:
             if self._key is None:
-                self._key = self._load_key() or self._generate_key()
-            return self._key
+                self._set_key(self._load_key() or self._generate_key())
+        return self._require_key()
+
+    def _set_key(self, key: AttestationKey | None) -> AttestationKey | None:
+        """Keeps the key and the quote bytes that depend only on it, built once with the sgx formats; a
+        quote is then header ‖ body ‖ signature_data_len ‖ ISV signature ‖ this constant rest."""
+        if key is None:
+            return None
+        template = self._build(bytes(REPORT_BODY_SIZE), bytes(64), key.public_xy, key.qe_report,
+                               key.qe_report_signature)
+        signed_len = HEADER_SIZE + REPORT_BODY_SIZE
+        self._sig_len_field = template[signed_len:signed_len + 4]
+        self._after_isv_sig = template[signed_len + 4 + 64:]
+        self._key = key  # last: lock-free readers test _key before using the fields above
+        return key
 
     def _generate_key(self) -> AttestationKey:
         """QE3 key generation + certification; the first process to store its key wins, others load it."""

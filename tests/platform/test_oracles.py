@@ -109,3 +109,30 @@ def test_quote_rejected_under_intel_root(platform) -> None:
     with pytest.raises(ValueError):
         dcap_qvl.verify(quote, dcap_qvl.QuoteCollateralV3.from_json(platform.collateral(NOW).to_dcap_qvl_json()),
                         int(NOW.timestamp()))
+
+
+@pytest.mark.parametrize("platform_status, combined, intel_status", [
+    ("UpToDate", "OutOfDate", "STATUS_TCB_OUT_OF_DATE"),
+    ("ConfigurationNeeded", "OutOfDateConfigurationNeeded", "STATUS_TCB_OUT_OF_DATE_CONFIGURATION_NEEDED"),
+])
+def test_out_of_date_qe_converges_with_platform_status(make_platform, platform_status: str, combined: str,
+                                                       intel_status: str) -> None:
+    """A QE below the QE identity's UpToDate isvsvn (8) folds into the platform status like Intel's."""
+    plat = make_platform(f"old-qe-{platform_status}", tcb_status=platform_status, qe_svn=6)
+    quote = plat.quote(b"q")
+    coll = plat.collateral(NOW)
+    result = dcap_qvl_verify(quote, coll, plat.root_ca_der(), NOW)
+    assert result.status == combined
+    assert "INTEL-SA-00615" in result.advisory_ids  # the QE level's advisory joins the platform's
+    assert intel_verify(quote, coll, plat.root_ca_pem(), NOW).quote_status.name == intel_status
+
+
+def test_debug_enclave_quote_is_rejected_by_dcap_qvl(platform) -> None:
+    from quotehelper.sgx.structs import FLAG_DEBUG, FLAG_INITTED, FLAG_MODE64BIT, Attributes
+
+    enclave = platform.enclave(attributes=Attributes(FLAG_INITTED | FLAG_MODE64BIT | FLAG_DEBUG, 0x3))
+    quote = platform.quote(b"d", enclave)
+    with pytest.raises(ValueError, match="(?i)debug"):
+        dcap_qvl_verify(quote, platform.collateral(NOW), platform.root_ca_der(), NOW)
+    # Intel's QVL leaves the debug policy to the caller: the signature chain itself is fine.
+    assert intel_verify(quote, platform.collateral(NOW), platform.root_ca_pem(), NOW).ok

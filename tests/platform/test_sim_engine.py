@@ -227,3 +227,26 @@ def test_quote_convenience_and_target_info_type(platform: SimPlatform) -> None:
     q = parse_quote(platform.quote(b"hi", enc))
     assert q.report_body.isv_svn == 5 and q.report_body.report_data == b"hi".ljust(64, b"\0")
     assert isinstance(platform.engine().target_info(), TargetInfo)
+
+
+def _init_in_child(plat_dir: str, barrier, queue) -> None:  # runs in a forked worker process
+    eng = SimPlatform.open(Path(plat_dir)).engine()
+    barrier.wait(timeout=20)
+    queue.put(eng.init_quote(KEY)[1])
+
+
+def test_worker_processes_racing_on_first_init_share_one_key(sim_pki, tmp_path: Path) -> None:
+    import multiprocessing
+
+    plat = SimPlatform.create(tmp_path / "procs", pki_dir=sim_pki.pki_dir)
+    ctx = multiprocessing.get_context("fork")
+    barrier, queue = ctx.Barrier(3), ctx.Queue()
+    procs = [ctx.Process(target=_init_in_child, args=(str(plat.platform_dir), barrier, queue)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    ids = [queue.get(timeout=30) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    assert len(set(ids)) == 1
+    assert plat.engine().init_quote(KEY)[1] == ids[0]

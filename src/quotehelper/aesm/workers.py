@@ -10,7 +10,7 @@ has received before replying, and sends the replies in one write (batching the p
 
 Backpressure: at most `queue_limit` engine calls are admitted at once across the pool; beyond that
 `submit` raises `PoolBusy` and the server answers AESM_BUSY (18). Memory stays bounded by that limit.
-A worker that dies is replaced; the calls it held are answered AESM_UNEXPECTED_ERROR.
+A worker that dies is replaced; the calls it held get one more try (engine calls are idempotent).
 """
 
 from __future__ import annotations
@@ -121,13 +121,23 @@ def worker_main(sock: socket.socket, engine_factory: Callable[[], QuotingEngine]
 # --- parent side --------------------------------------------------------------------------------------
 
 @dataclass
+class _Job:
+    call: EngineCall
+    fut: asyncio.Future[pb.Response]
+    attempts: int = 0
+
+    def answer(self, code: int) -> None:
+        if not self.fut.done():
+            self.fut.set_result(failure_response(self.call.tag, code))
+
+
+@dataclass
 class _Worker:
     index: int
     process: asyncio.subprocess.Process
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
-    pending: collections.deque[tuple[int, asyncio.Future[pb.Response]]] = field(
-        default_factory=collections.deque)
+    pending: collections.deque[_Job] = field(default_factory=collections.deque)
     pump: asyncio.Task[None] | None = None
 
 
@@ -141,6 +151,7 @@ class WorkerPool:
         self.queue_limit = queue_limit if queue_limit is not None else 64 * self.size
         self._workers: list[_Worker | None] = [None] * self.size
         self._in_flight = 0
+        self._parked: list[_Job] = []
         self._closing = False
         self.restarts = 0
 
@@ -180,49 +191,66 @@ class WorkerPool:
         self._workers[index] = w
 
     async def _pump(self, w: _Worker) -> None:
-        """Matches the worker's in-order replies to the futures waiting for them."""
+        """Matches the worker's in-order replies to the jobs waiting for them."""
         try:
             while True:
                 payload = await read_frame(w.reader)
-                tag, fut = w.pending.popleft()
+                job = w.pending.popleft()
                 res = pb.Response()
                 res.ParseFromString(payload)
-                if not fut.done():
-                    fut.set_result(res)
+                if not job.fut.done():
+                    job.fut.set_result(res)
         except (FrameError, ConnectionError, IndexError) as e:
             if not self._closing:
                 log.error("quoting worker %d (pid %s) went away: %s", w.index, w.process.pid, e)
         finally:
-            while w.pending:
-                tag, fut = w.pending.popleft()
-                if not fut.done():
-                    fut.set_result(failure_response(tag, AesmError.UNEXPECTED_ERROR))
+            orphans = list(w.pending)
+            w.pending.clear()
             w.writer.close()
-            if not self._closing and self._workers[w.index] is w:
+            if self._closing or self._workers[w.index] is not w:
+                for job in orphans:
+                    job.answer(AesmError.SERVICE_UNAVAILABLE)
+            else:
+                # Engine calls are idempotent: give each orphan one more try on a live worker (or on the
+                # replacement); a call that kills two workers is answered AESM_UNEXPECTED_ERROR.
                 self._workers[w.index] = None
                 self.restarts += 1
+                for job in orphans:
+                    if job.attempts >= 2:
+                        job.answer(AesmError.UNEXPECTED_ERROR)
+                    else:
+                        self._dispatch(job)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(w.process.wait(), 5)
                 try:
                     await self._spawn(w.index)
                 except QuoteHelperError:
                     log.exception("could not replace quoting worker %d", w.index)
+                parked, self._parked = self._parked, []
+                for job in parked:
+                    self._dispatch(job)
+
+    def _dispatch(self, job: _Job) -> None:
+        live = [w for w in self._workers if w is not None]
+        if not live:
+            if self._closing or len(self._parked) >= self.queue_limit:
+                job.answer(AesmError.SERVICE_UNAVAILABLE)
+            else:
+                self._parked.append(job)  # a replacement worker is starting
+            return
+        w = min(live, key=lambda x: len(x.pending))
+        job.attempts += 1
+        w.pending.append(job)
+        w.writer.write(encode_frame(bytes([job.call.tag]) + job.call.payload))
 
     def submit_nowait(self, call: EngineCall) -> asyncio.Future[pb.Response]:
         """Queues `call` on the least-loaded worker; PoolBusy when the bounded queue is full."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[pb.Response] = loop.create_future()
         if self._in_flight >= self.queue_limit:
             raise PoolBusy(f"{self._in_flight} engine calls in flight (limit {self.queue_limit})")
-        live = [w for w in self._workers if w is not None]
-        if not live:
-            fut.set_result(failure_response(call.tag, AesmError.SERVICE_UNAVAILABLE))
-            return fut
-        w = min(live, key=lambda x: len(x.pending))
-        w.pending.append((call.tag, fut))
+        fut: asyncio.Future[pb.Response] = asyncio.get_running_loop().create_future()
         self._in_flight += 1
         fut.add_done_callback(self._release)
-        w.writer.write(encode_frame(bytes([call.tag]) + call.payload))
+        self._dispatch(_Job(call, fut))
         return fut
 
     def _release(self, _fut: asyncio.Future[pb.Response]) -> None:

@@ -36,9 +36,10 @@ def test_cli_flow_verifies(tmp_path: Path) -> None:
     assert parse_quote(quote).report_body.report_data == bytes(31) + b"\xab" + bytes(32)
     files = run("export", "--platform", str(plat), "--out", str(tmp_path / "exp")).output.split()
     exp = tmp_path / "exp"
-    assert sorted(Path(f).relative_to(exp).as_posix() for f in files) == [
+    assert sorted(Path(f).relative_to(exp).as_posix() for f in files) == sorted([
         "collateral.json", "pcs/headers.json", "pcs/pckcrl.der", "pcs/qe_identity.json", "pcs/rootcrl.der",
-        "pcs/tcb_info.json", "root_ca.der", "root_ca.pem"]
+        "pcs/SGX-Enclave-Identity-Issuer-Chain.txt", "pcs/SGX-PCK-CRL-Issuer-Chain.txt",
+        "pcs/TCB-Info-Issuer-Chain.txt", "pcs/tcb_info.json", "root_ca.der", "root_ca.pem"])
     coll = dcap_qvl.QuoteCollateralV3.from_json((exp / "collateral.json").read_text())
     result = dcap_qvl.verify_with_root_ca(quote, coll, (exp / "root_ca.der").read_bytes(),
                                           int(dt.datetime.now(dt.UTC).timestamp()))
@@ -53,6 +54,8 @@ def test_cli_flow_verifies(tmp_path: Path) -> None:
     assert urllib.parse.unquote(headers["SGX-Enclave-Identity-Issuer-Chain"]) == coll.qe_identity_issuer_chain
     assert urllib.parse.unquote(headers["SGX-PCK-CRL-Issuer-Chain"]) == coll.pck_crl_issuer_chain
     assert headers["TCB-Info-Issuer-Chain"].startswith("-----BEGIN%20CERTIFICATE-----%0A")
+    for name, value in headers.items():
+        assert (exp / "pcs" / f"{name}.txt").read_text() == value
     assert (exp / "pcs/pckcrl.der").read_bytes() == coll.pck_crl
     show = json.loads(run("show", "--platform", str(plat)).output)
     assert show["tcb_status"] == "SWHardeningNeeded" and show["attestation_key"] is True

@@ -16,6 +16,7 @@ Export (`export(out_dir)`, `quotehelper sim export`), for verifiers:
     pcs/rootcrl.der              Root CA CRL
     pcs/headers.json             {"TCB-Info-Issuer-Chain", "SGX-Enclave-Identity-Issuer-Chain",
                                   "SGX-PCK-CRL-Issuer-Chain"}: URL-encoded PEM, as PCS sends them
+    pcs/<header name>.txt        each of those three header values alone (same URL-encoded text)
 """
 
 from __future__ import annotations
@@ -230,6 +231,8 @@ class SimPlatform:
             "pcs/pckcrl.der": coll.pck_crl, "pcs/rootcrl.der": coll.root_ca_crl,
             "pcs/headers.json": json.dumps(coll.pcs_headers(), indent=1).encode(),
         }
+        # Each header also alone in a file named after it (what a saved PCS response folder looks like).
+        files.update({f"pcs/{name}.txt": value.encode() for name, value in coll.pcs_headers().items()})
         ensure_dir(out_dir / "pcs")
         written = []
         for name, data in files.items():

@@ -35,6 +35,59 @@ class _Entries(core.SequenceOf):
     _child_spec = _Entry
 
 
+_OIDS: dict[bytes, str] = {}  # DER OID contents -> dotted form; the extension uses ~30 fixed OIDs
+
+def _oid(contents: bytes) -> str:
+    s = _OIDS.get(contents)
+    if s is None:
+        if len(contents) >= 128:
+            raise ValueError("OID too long")
+        s = core.ObjectIdentifier.load(b"\x06" + bytes([len(contents)]) + contents).dotted
+        if len(_OIDS) < 256:
+            _OIDS[contents] = s
+    return s
+
+
+def _tlv(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
+    """One DER TLV at `pos`: (identifier octet, value start, value end). Definite, minimal lengths only."""
+    if pos + 2 > end:
+        raise ValueError("truncated TLV")
+    tag, n = data[pos], data[pos + 1]
+    if tag & 0x1F == 0x1F:
+        raise ValueError("high-tag-number form")
+    pos += 2
+    if n & 0x80:
+        k = n & 0x7F
+        if not 0 < k <= 3 or pos + k > end or data[pos] == 0:
+            raise ValueError("bad DER length")
+        n = int.from_bytes(data[pos:pos + k], "big")
+        if n < 0x80:
+            raise ValueError("non-minimal DER length")
+        pos += k
+    if pos + n > end:
+        raise ValueError("value runs past its container")
+    return tag, pos, pos + n
+
+
+def _entries(data: bytes, start: int, end: int) -> dict[str, tuple[int, int, int, int]]:
+    """SEQUENCE OF SEQUENCE {OID, value} contents -> {dotted OID: (value tag, TLV start, value start, end)}."""
+    out = {}
+    pos = start
+    while pos < end:
+        tag, s, e = _tlv(data, pos, end)
+        if tag != 0x30:
+            raise ValueError("entry is not a SEQUENCE")
+        otag, os_, oe = _tlv(data, s, e)
+        if otag != 0x06:
+            raise ValueError("entry does not start with an OID")
+        vtag, vs, ve = _tlv(data, oe, e)
+        if ve != e:
+            raise ValueError("entry has more than (OID, value)")
+        out[_oid(data[os_:oe])] = (vtag, oe, vs, ve)
+        pos = e
+    return out
+
+
 @dataclass(frozen=True)
 class PckConfiguration:
     """Platform-CA leaves only: .7.1 dynamicPlatform, .7.2 cachedKeys, .7.3 SMTEnabled (each optional)."""
@@ -63,57 +116,70 @@ class PckExtension:
 
     @classmethod
     def parse(cls, der: bytes) -> PckExtension:
+        """Walks the DER directly (a verifier parses one per quote; asn1crypto's object model cost ~8x more)."""
         try:
-            entries = _Entries.load(der, strict=True)
-            items = {e["oid"].dotted: e["value"] for e in entries}
-        except (ValueError, TypeError) as e:
-            raise FormatError("pck_sgx_extension", "<whole>", 0, f"not a DER SEQUENCE of (OID, value): {e}") from e
+            tag, s, e = _tlv(der, 0, len(der))
+            if tag != 0x30 or e != len(der):
+                raise ValueError("not a single SEQUENCE")
+            items = _entries(der, s, e)
+        except ValueError as err:
+            raise FormatError("pck_sgx_extension", "<whole>", 0, f"not a DER SEQUENCE of (OID, value): {err}") from err
 
-        def need(suffix: str):
+        def need(d, oid, what="required entry missing"):
+            if oid not in d:
+                raise FormatError("pck_sgx_extension", oid, 0, what)
+            return d.pop(oid)
+
+        def value(entry, oid, want_tag, what):
+            tag, _t, vs, ve = entry
+            if tag != want_tag or (want_tag in (0x02, 0x0A, 0x01) and vs == ve):
+                raise FormatError("pck_sgx_extension", oid, 0, f"not {what}")
+            return der[vs:ve]
+
+        def octets(suffix, size):
             oid = f"{_P}.{suffix}"
-            if oid not in items:
-                raise FormatError("pck_sgx_extension", oid, 0, "required entry missing")
-            return items.pop(oid)
+            v = value(need(items, oid), oid, 0x04, "an OCTET STRING")
+            if len(v) != size:
+                raise FormatError("pck_sgx_extension", oid, 0, f"{len(v)} bytes, expected {size}")
+            return v
 
-        def octets(suffix: str, size: int) -> bytes:
-            v = need(suffix)
-            try:
-                raw = v.parse(core.OctetString).native
-            except (ValueError, TypeError) as e:
-                raise FormatError("pck_sgx_extension", f"{_P}.{suffix}", 0, f"not an OCTET STRING: {e}") from e
-            if len(raw) != size:
-                raise FormatError("pck_sgx_extension", f"{_P}.{suffix}", 0, f"{len(raw)} bytes, expected {size}")
-            return raw
+        def integer(d, oid, what, want_tag=0x02, name="an INTEGER"):
+            return int.from_bytes(value(need(d, oid, what), oid, want_tag, name), "big", signed=True)
 
         ppid = octets("1", 16)
-        tcb_raw = need("2")
+        tcb_entry = need(items, f"{_P}.2")
         try:
-            tcb = {e["oid"].dotted: e["value"] for e in tcb_raw.parse(_Entries)}
-        except (ValueError, TypeError) as e:
-            raise FormatError("pck_sgx_extension", f"{_P}.2", 0, f"bad TCB sequence: {e}") from e
-        comps = []
-        for i in range(1, 17):
-            oid = f"{_P}.2.{i}"
-            if oid not in tcb:
-                raise FormatError("pck_sgx_extension", oid, 0, "TCB component missing")
-            comps.append(int(tcb[oid].parse(core.Integer).native))
+            if tcb_entry[0] != 0x30:
+                raise ValueError("not a SEQUENCE")
+            tcb = _entries(der, tcb_entry[2], tcb_entry[3])
+        except ValueError as err:
+            raise FormatError("pck_sgx_extension", f"{_P}.2", 0, f"bad TCB sequence: {err}") from err
+        comps = [integer(tcb, f"{_P}.2.{i}", "TCB component missing") for i in range(1, 17)]
         if f"{_P}.2.17" not in tcb or f"{_P}.2.18" not in tcb:
             raise FormatError("pck_sgx_extension", f"{_P}.2", 0, "PCESVN or CPUSVN missing")
-        pcesvn = int(tcb[f"{_P}.2.17"].parse(core.Integer).native)
-        cpusvn = tcb[f"{_P}.2.18"].parse(core.OctetString).native
+        pcesvn = integer(tcb, f"{_P}.2.17", "")
+        cpusvn = value(tcb[f"{_P}.2.18"], f"{_P}.2.18", 0x04, "an OCTET STRING")
         pce_id = octets("3", 2)
         fmspc = octets("4", 6)
-        try:
-            sgx_type = int(need("5").parse(_EnumInt).native)
-        except (ValueError, TypeError) as e:
-            raise FormatError("pck_sgx_extension", f"{_P}.5", 0, f"SGX Type is not ENUMERATED: {e}") from e
+        sgx_type = integer(items, f"{_P}.5", "required entry missing", 0x0A, "ENUMERATED (SGX Type)")
         pii = octets("6", 16) if f"{_P}.6" in items else None
         config = None
         if f"{_P}.7" in items:
-            conf = {e["oid"].dotted: bool(e["value"].parse(core.Boolean).native)
-                    for e in items.pop(f"{_P}.7").parse(_Entries)}
+            entry = items.pop(f"{_P}.7")
+            try:
+                if entry[0] != 0x30:
+                    raise ValueError("not a SEQUENCE")
+                conf_items = _entries(der, entry[2], entry[3])
+            except ValueError as err:
+                raise FormatError("pck_sgx_extension", f"{_P}.7", 0, f"bad configuration: {err}") from err
+            conf = {}
+            for oid, ent in conf_items.items():
+                b = value(ent, oid, 0x01, "a BOOLEAN")
+                if len(b) != 1:
+                    raise FormatError("pck_sgx_extension", oid, 0, "not a BOOLEAN")
+                conf[oid] = b != b"\x00"
             config = PckConfiguration(conf.get(f"{_P}.7.1"), conf.get(f"{_P}.7.2"), conf.get(f"{_P}.7.3"))
-        extra = {oid: v.dump() for oid, v in items.items()}
+        extra = {oid: der[t:ve] for oid, (_tag, t, _vs, ve) in items.items()}
         return cls(ppid, tuple(comps), pcesvn, cpusvn, pce_id, fmspc, sgx_type, pii, config, extra)
 
     def to_der(self) -> bytes:

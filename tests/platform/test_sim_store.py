@@ -109,6 +109,13 @@ def test_bad_options(tmp_path: Path) -> None:
     with pytest.raises(SimConfigError, match="CA"):
         SimPlatform.create(tmp_path / "x", ca="core")
     assert not (tmp_path / "x").exists()
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(SimConfigError, match="not a simulated platform"):
+        SimPlatform.create(tmp_path / "busy")
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+    (tmp_path / "empty").mkdir()
+    assert SimPlatform.create(tmp_path / "empty").tcb_status == "UpToDate"  # an empty directory is fine
 
 
 def test_fmspc_and_status_recorded(tmp_path: Path, sim_pki: SimPki) -> None:

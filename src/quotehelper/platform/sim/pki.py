@@ -18,6 +18,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -26,6 +27,9 @@ from cryptography.x509.oid import NameOID
 
 from quotehelper.platform.sim.store import PlatformStoreError, atomic_create_dir, read_private, write_atomic
 from quotehelper.sgx.pck import SGX_EXTENSION_OID, PckExtension
+
+if TYPE_CHECKING:
+    from quotehelper.platform.sim.platform import SimPlatform
 
 CA_PROCESSOR = "processor"
 CA_PLATFORM = "platform"
@@ -220,7 +224,7 @@ class SimPki:
             data[ca].append(f"{serial:x}")
             write_atomic(self.pki_dir / "revoked.json", json.dumps(data).encode(), replace=True)
 
-    def revoke_pck(self, platform) -> None:  # noqa: ANN001 - SimPlatform (import cycle)
+    def revoke_pck(self, platform: SimPlatform) -> None:
         """Puts `platform`'s PCK certificate on its CA's CRL (effective in collateral issued from now on)."""
         cert = platform.pck_cert
         ca = CA_PLATFORM if cert.issuer == self.ca_cert(CA_PLATFORM).subject else CA_PROCESSOR

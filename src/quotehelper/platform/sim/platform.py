@@ -126,7 +126,8 @@ class SimPlatform:
             write_atomic(tmp / "pck_chain.pem", _pem(leaf) + pki.pck_issuer_chain_pem(ca))
             write_atomic(tmp / "platform.json", json.dumps(config, indent=1).encode())
 
-        atomic_create_dir(platform_dir, populate)
+        if not atomic_create_dir(platform_dir, populate) and not (platform_dir / "platform.json").exists():
+            raise SimConfigError(f"{platform_dir} exists, is not empty and is not a simulated platform")
         return cls.open(platform_dir)
 
     @classmethod

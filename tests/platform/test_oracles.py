@@ -87,6 +87,12 @@ def test_collateral_is_fresh_and_expires(platform) -> None:
     info = coll.tcb_info
     assert info["issueDate"] < NOW.strftime("%Y-%m-%dT%H:%M:%SZ") < info["nextUpdate"]
     assert dcap_qvl_verify(quote, coll, platform.root_ca_der(), NOW + dt.timedelta(days=29)).status == "UpToDate"
+    assert not intel_verify(quote, old, platform.root_ca_pem(), NOW).ok
+    # A long-lived platform: collateral issued later is fresh then, for the same quote.
+    later = NOW + dt.timedelta(days=400)
+    fresh = platform.collateral(later)
+    assert dcap_qvl_verify(quote, fresh, platform.root_ca_der(), later).status == "UpToDate"
+    assert intel_verify(quote, fresh, platform.root_ca_pem(), later).ok
 
 
 def test_signed_json_bytes_are_what_is_signed(platform) -> None:

@@ -110,3 +110,17 @@ def test_cli_errors_are_friendly(tmp_path: Path, args: list[str], message: str) 
     assert message in result.output
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_console_script_errors_without_traceback(tmp_path: Path) -> None:
+    """The installed entry point, as a user runs it: a missing platform is one line on stderr, exit 1."""
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("quotehelper", path=str(Path(sys.executable).parent))
+    assert exe, "quotehelper console script not installed in the venv"
+    proc = subprocess.run([exe, "sim", "export", "--platform", str(tmp_path / "none"), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("Error: no simulated platform") and "Traceback" not in proc.stderr

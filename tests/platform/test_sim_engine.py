@@ -140,11 +140,11 @@ def test_bad_sizes_and_key_ids(platform: SimPlatform) -> None:
     eng = platform.engine()
     qe_target, _ = eng.init_quote(KEY)
     good = platform.enclave().report(qe_target).to_bytes()
-    for bad in (good[:431], good + b"\0", b""):
+    for bad in (good[:431], good + b"\0", b"", None, 432):
         with pytest.raises(QuoteError) as e:
             eng.get_quote(bad, KEY)
         assert _code(e) is QuoteErrorCode.INVALID_PARAMETER
-    for info in (bytes(959), bytes(961)):
+    for info in (bytes(959), bytes(961), "x" * 960):
         with pytest.raises(QuoteError) as e:
             eng.get_quote(good, KEY, info)
         assert _code(e) is QuoteErrorCode.INVALID_PARAMETER

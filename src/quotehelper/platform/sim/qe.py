@@ -84,6 +84,10 @@ def public_key_xy(key: ec.EllipticCurvePublicKey) -> bytes:
     return n.x.to_bytes(32, "big") + n.y.to_bytes(32, "big")
 
 
+def _size(value: object) -> str:
+    return f"{len(value)}" if isinstance(value, bytes | bytearray) else f"a {type(value).__name__}"
+
+
 def check_att_key_id(att_key_id: object) -> None:
     """QE3's key-id rules: ECDSA-P256 only (else UNSUPPORTED_ATT_KEY_ID); id/version 0, a 32-byte
     MRSIGNER equal to Intel's QE3 signer and prod_id 1 (else INVALID_PARAMETER, as sgx_ql_init_quote
@@ -211,13 +215,12 @@ class Qe3Engine:
                   qe_report_info: bytes | None = None) -> tuple[bytes, bytes | None]:
         check_att_key_id(att_key_id)
         if not isinstance(report, bytes | bytearray) or len(report) != REPORT_SIZE:
-            raise QuoteError(QuoteErrorCode.INVALID_PARAMETER,
-                             f"report must be {REPORT_SIZE} bytes, got {len(report) if report else 0}")
+            raise QuoteError(QuoteErrorCode.INVALID_PARAMETER, f"report must be {REPORT_SIZE} bytes, got {_size(report)}")
         info = None
         if qe_report_info is not None:
-            if len(qe_report_info) != QE_REPORT_INFO_SIZE:
+            if not isinstance(qe_report_info, bytes | bytearray) or len(qe_report_info) != QE_REPORT_INFO_SIZE:
                 raise QuoteError(QuoteErrorCode.INVALID_PARAMETER,
-                                 f"qe_report_info must be {QE_REPORT_INFO_SIZE} bytes, got {len(qe_report_info)}")
+                                 f"qe_report_info must be {QE_REPORT_INFO_SIZE} bytes, got {_size(qe_report_info)}")
             try:
                 info = QeReportInfo.parse(bytes(qe_report_info))
             except FormatError as e:

@@ -14,7 +14,7 @@ def main() -> None:
 
 
 # Each area registers its commands on `main` in its own module.
-from quotehelper.cli import inspect_cmd  # noqa: E402,F401
+from quotehelper.cli import inspect_cmd  # noqa: E402,F401,I001
 from quotehelper.cli import k8s_cmd  # noqa: E402,F401
 from quotehelper.cli import service_cmd  # noqa: E402,F401
 from quotehelper.cli import sim_cmd  # noqa: E402,F401

@@ -15,6 +15,7 @@ Layers:
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 import random
@@ -269,6 +270,7 @@ class QuoteProvider:
         self._pub_key_id: bytes | None = None
         self._lock = threading.Lock()
         self.retries = 0
+        self.retry_reasons: collections.Counter[str] = collections.Counter()  # why we retried (metrics)
 
     def _retrying(self, op: Callable[[float], object], deadline: float | None, reinit_on_42: bool) -> object:
         end = time.monotonic() + (self.deadline if deadline is None else deadline)
@@ -283,6 +285,7 @@ class QuoteProvider:
                 if reinit_on_42 and e.aesm_code == AesmError.ATT_KEY_NOT_INITIALIZED:
                     self._target_info = None  # next attempt re-runs InitQuoteEx (a restarted service)
                 self.retries += 1
+                self.retry_reasons[aesm_name(e.aesm_code) if e.aesm_code is not None else sgx_name(e.status)] += 1
                 time.sleep(delay * (0.5 + random.random()))  # jitter: restarts see thundering herds
                 delay = min(delay * 2, self.max_backoff)
 

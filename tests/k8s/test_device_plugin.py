@@ -70,7 +70,8 @@ def wait_for(cond, timeout: float = 5.0) -> None:
 def sim_node(root: Path, epc_mib: int = 64) -> sgx.SgxNode:
     (root / "platform").mkdir(parents=True, exist_ok=True)
     (root / "aesmd").mkdir(exist_ok=True)
-    return sgx.simulated(root / "platform", epc_mib=epc_mib, aesmd_dir=root / "aesmd")
+    (root / "pki").mkdir(exist_ok=True)
+    return sgx.simulated(root / "platform", epc_mib=epc_mib, aesmd_dir=root / "aesmd", pki_dir=root / "pki")
 
 
 def fake_dev_node(root: Path) -> Path:
@@ -112,7 +113,7 @@ def test_register_then_kubelet_calls_back_simulated(short_tmp, run):
         assert mounts == {"/var/run/aesmd": (str(short_tmp / "aesmd"), True),
                           str(short_tmp / "platform"): (str(short_tmp / "platform"), True)}
         assert dict(got.envs) == {"SGX_AESM_ADDR": "1",
-                                  "QUOTEHELPER_SIM_PLATFORM": str(short_tmp / "platform")}
+                                  "QUOTEHELPER_PLATFORM": str(short_tmp / "platform")}
         assert not got.devices
 
         same = kubelet.allocate(regs[sgx.ENCLAVE_RESOURCE], "sgx-enclave-4")
@@ -120,7 +121,8 @@ def test_register_then_kubelet_calls_back_simulated(short_tmp, run):
 
         # Provision (the quote service's own grant): the platform read-write, no socket, no env.
         prov = kubelet.allocate(regs[sgx.PROVISION_RESOURCE], "sgx-provision-0")
-        assert [(m.container_path, m.read_only) for m in prov.mounts] == [(str(short_tmp / "platform"), False)]
+        assert [(m.container_path, m.read_only) for m in prov.mounts] == [(str(short_tmp / "platform"), False),
+                                                                         (str(short_tmp / "pki"), True)]
         assert not prov.envs
 
         # Unknown device: a precise gRPC error, the server keeps serving.

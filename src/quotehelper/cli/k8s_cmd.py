@@ -62,8 +62,9 @@ def device_plugin(plugin_dir: Path, aesmd_dir: Path, simulate: bool, platform_di
         if simulate:
             from quotehelper.platform.sim import SimPlatform
 
-            SimPlatform.create(platform_dir)  # idempotent: an existing platform is kept
-            node = sgx.simulated(platform_dir, epc_mib=epc_mib or 256, aesmd_dir=aesmd_dir)
+            plat = SimPlatform.create(platform_dir.absolute())  # idempotent: an existing one is kept
+            node = sgx.simulated(plat.platform_dir, epc_mib=epc_mib or 256, aesmd_dir=aesmd_dir,
+                                 pki_dir=plat.pki_dir)
         else:
             node = sgx.discover(dev_root, epc_mib=epc_mib, aesmd_dir=aesmd_dir)
         servers = [framework.PluginServer(b, plugin_dir) for b in
@@ -104,3 +105,29 @@ def webhook_cmd(host: str, port: int, tls_dir: Path, epc_resource: str, socket_d
     stop.wait()
     server.shutdown()
     server.server_close()
+
+
+@main.command("health")
+@click.option("--socket", "socket_path", default="/var/run/aesmd/aesm.socket", show_default=True)
+@click.option("--engine", type=click.Choice(["sim", "dcap"]), default="sim", show_default=True,
+              help="sim: also quote from a self-test enclave and verify it; dcap: hardware (no self-test quote)")
+@click.option("--platform", "platform_dir", type=click.Path(path_type=Path), default=None,
+              help="software platform directory (default: $QUOTEHELPER_PLATFORM or ~/.local/share/...)")
+@click.option("--timeout", type=click.FloatRange(0.1), default=10.0, show_default=True,
+              help="seconds allowed per call")
+@click.option("-q", "--quiet", is_flag=True, help="print nothing when healthy")
+def health_cmd(socket_path: str, engine: str, platform_dir: Path | None, timeout: float, quiet: bool) -> None:
+    """Exit 0 only if the quote service answers on its socket and a self-test quote through it verifies."""
+    from quotehelper.k8s.health import check
+
+    if engine == "sim" and platform_dir is None:
+        from quotehelper.platform.sim import default_platform_dir
+
+        platform_dir = default_platform_dir()
+    try:
+        report = check(socket_path, platform_dir if engine == "sim" else None, timeout=timeout)
+    except QuoteHelperError as e:
+        click.echo(f"unhealthy: {e}", err=True)
+        sys.exit(1)
+    if not quiet:
+        click.echo(report.summary())

@@ -35,7 +35,7 @@ INTEL_EPC_RESOURCE = "sgx.intel.com/epc"  # bytes quantity; not served here, tra
 
 AESMD_DIR = "/var/run/aesmd"
 AESM_ADDR_ENV = "SGX_AESM_ADDR"
-SIM_PLATFORM_ENV = "QUOTEHELPER_SIM_PLATFORM"  # where a simulated enclave finds its "CPU"
+SIM_PLATFORM_ENV = "QUOTEHELPER_PLATFORM"  # where a simulated enclave finds its "CPU" (sim's default_platform_dir)
 
 DEFAULT_SHARED_LIMIT = 110  # Intel's default enclave/provision count per node (kubelet's max pods)
 # One EPC device serialises to ~22-28 bytes; 64 Ki devices ≈ 1.8 MB, under half of kubelet's 4 MiB.
@@ -77,6 +77,7 @@ class SgxNode:
     aesmd_dir: Path
     epc_mib_by_numa: dict[int, int] = field(default_factory=dict)
     simulate: bool = False
+    provision_extra: tuple[Grant, ...] = ()  # simulation: the test PKI the service signs collateral with
 
     @property
     def epc_mib(self) -> int:
@@ -150,12 +151,16 @@ def discover(dev_root: Path = Path("/dev"), sys_root: Path = Path("/sys"), *, ep
     return SgxNode(enclave, provision, aesmd_dir, by_numa)
 
 
-def simulated(platform_dir: Path, *, epc_mib: int, aesmd_dir: Path = Path(AESMD_DIR)) -> SgxNode:
-    """The software platform as the node's SGX: its directory is the device."""
+def simulated(platform_dir: Path, *, epc_mib: int, aesmd_dir: Path = Path(AESMD_DIR),
+              pki_dir: Path | None = None) -> SgxNode:
+    """The software platform as the node's SGX: its directory is the device (same path in the container,
+    since the platform records absolute paths). The provision grant adds its PKI directory read-only, so
+    the quote service's health check can sign fresh collateral for its self-test quote."""
     platform_dir = Path(platform_dir)
+    extra = (Grant(Path(pki_dir), str(pki_dir), is_device=False, read_only=True),) if pki_dir else ()
     return SgxNode(Grant(platform_dir, str(platform_dir), is_device=False, read_only=True),
                    Grant(platform_dir, str(platform_dir), is_device=False, read_only=False),
-                   aesmd_dir, {-1: epc_mib}, simulate=True)
+                   aesmd_dir, {-1: epc_mib}, simulate=True, provision_extra=extra)
 
 
 # --- the three plugin backends ----------------------------------------------------------------------
@@ -195,13 +200,14 @@ class ProvisionBackend(_SgxBackend):
         self.ids = [f"sgx-provision-{i}" for i in range(limit)]
 
     def devices(self) -> list[DeviceState]:
-        ok = self.node.provision.present()
+        ok = self.node.provision.present() and all(g.present() for g in self.node.provision_extra)
         return [DeviceState(i, ok) for i in self.ids]
 
     def allocate(self, device_ids: Sequence[str]) -> api_pb2.ContainerAllocateResponse:
         # The quote service's own grant: the provisioning key (or the simulated platform, read-write).
         resp = api_pb2.ContainerAllocateResponse()
-        self.node.provision.apply(resp)
+        for grant in (self.node.provision, *self.node.provision_extra):
+            grant.apply(resp)
         return resp
 
 

@@ -31,9 +31,12 @@ def test_cli_flow_verifies(tmp_path: Path) -> None:
     assert "created platform" in out and "SWHardeningNeeded" in out and "00A067110000" in out
     assert "existing platform" in run("init", "--platform", str(plat)).output
     run("quote", "--platform", str(plat), "--report-data", "00" * 31 + "ab", "--isv-svn", "3",
-        "-o", str(tmp_path / "q.bin"))
+        "--config-id", "0102", "--config-svn", "6", "--mr-signer", "77" * 32, "-o", str(tmp_path / "q.bin"))
     quote = (tmp_path / "q.bin").read_bytes()
-    assert parse_quote(quote).report_body.report_data == bytes(31) + b"\xab" + bytes(32)
+    body = parse_quote(quote).report_body
+    assert body.report_data == bytes(31) + b"\xab" + bytes(32)
+    assert (body.isv_svn, body.config_svn, body.config_id, body.mr_signer) == (3, 6, b"\1\2" + bytes(62), b"\x77" * 32)
+    assert not body.attributes.debug
     files = run("export", "--platform", str(plat), "--out", str(tmp_path / "exp")).output.split()
     exp = tmp_path / "exp"
     assert sorted(Path(f).relative_to(exp).as_posix() for f in files) == sorted([

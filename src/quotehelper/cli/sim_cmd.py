@@ -78,17 +78,20 @@ def _enclave_options(fn: Callable[..., None]) -> Callable[..., None]:
         click.option("--isv-prod-id", type=click.IntRange(0, 0xFFFF), default=0, show_default=True),
         click.option("--isv-svn", type=click.IntRange(0, 0xFFFF), default=0, show_default=True),
         click.option("--debug", is_flag=True, help="Set the DEBUG attribute (verifiers reject such quotes)."),
+        click.option("--config-id", type=HexBytes(max_size=64), default="", help="CONFIGID, up to 64 bytes hex."),
+        click.option("--config-svn", type=click.IntRange(0, 0xFFFF), default=0, show_default=True),
     ]
     for opt in reversed(opts):
         fn = opt(fn)
     return fn
 
 
-def _enclave(plat: SimPlatform, mr_enclave: bytes | None, mr_signer: bytes | None, isv_prod_id: int,
-             isv_svn: int, debug: bool) -> SimEnclave:
+def _enclave(plat: SimPlatform, *, mr_enclave: bytes | None, mr_signer: bytes | None, isv_prod_id: int,
+             isv_svn: int, debug: bool, config_id: bytes, config_svn: int) -> SimEnclave:
     flags = FLAG_INITTED | FLAG_MODE64BIT | (FLAG_DEBUG if debug else 0)
     return plat.enclave(mr_enclave=mr_enclave, mr_signer=mr_signer, isv_prod_id=isv_prod_id, isv_svn=isv_svn,
-                        attributes=Attributes(flags, 0x3))
+                        attributes=Attributes(flags, 0x3), config_id=config_id.ljust(64, b"\0"),
+                        config_svn=config_svn)
 
 
 def _write_output(out: str, data: bytes) -> None:
@@ -163,11 +166,10 @@ def target_info_cmd(platform_dir: Path | None, out: str) -> None:
 @click.option("-o", "--output", "out", required=True, help="Output file (432-byte REPORT), or - for hex.")
 @_friendly
 def report_cmd(platform_dir: Path | None, target_info: Path, report_data: bytes, out: str,
-               mr_enclave: bytes | None, mr_signer: bytes | None, isv_prod_id: int, isv_svn: int,
-               debug: bool) -> None:
+               **identity: Any) -> None:
     """EREPORT by a simulated app enclave, MACed for the given target."""
     plat = SimPlatform.open(_resolve(platform_dir))
-    enclave = _enclave(plat, mr_enclave, mr_signer, isv_prod_id, isv_svn, debug)
+    enclave = _enclave(plat, **identity)
     _write_output(out, enclave.report(_read_target_info(target_info), report_data).to_bytes())
 
 
@@ -177,11 +179,10 @@ def report_cmd(platform_dir: Path | None, target_info: Path, report_data: bytes,
 @_enclave_options
 @click.option("-o", "--output", "out", required=True, help="Output file (binary quote), or - for hex.")
 @_friendly
-def quote_cmd(platform_dir: Path | None, report_data: bytes, out: str, mr_enclave: bytes | None,
-              mr_signer: bytes | None, isv_prod_id: int, isv_svn: int, debug: bool) -> None:
+def quote_cmd(platform_dir: Path | None, report_data: bytes, out: str, **identity: Any) -> None:
     """Quote in-process: a simulated app enclave's report, quoted by the platform's QE3."""
     plat = SimPlatform.open(_resolve(platform_dir))
-    enclave = _enclave(plat, mr_enclave, mr_signer, isv_prod_id, isv_svn, debug)
+    enclave = _enclave(plat, **identity)
     _write_output(out, plat.quote(report_data, enclave))
 
 

@@ -256,3 +256,48 @@ def test_discovery(short_tmp):
     if sgx.epc_from_cpuid() == 0:  # this machine has no SGX / no cpuid driver: the error names the fix
         with pytest.raises(sgx.DiscoveryError, match="--epc-mib"):
             sgx.discover(dev, short_tmp / "empty")
+
+
+def test_command_waits_for_kubelet_registers_and_stops_cleanly_on_sigterm(short_tmp):
+    import signal
+    import subprocess
+    import sys
+
+    plugin_dir = short_tmp / "plugins"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quotehelper.cli", "device-plugin", "--simulate", "--plugin-dir", str(plugin_dir),
+         "--platform-dir", str(short_tmp / "sim" / "platform"), "--aesmd-dir", str(short_tmp / "aesmd"),
+         "--epc-mib", "8", "--enclave-limit", "2", "--provision-limit", "2"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    kubelet = FakeKubelet(plugin_dir)
+    try:
+        # kubelet comes up after the plugin: registration happens when kubelet.sock appears.
+        wait_for(lambda: len([p for p in plugin_dir.glob("*.sock")]) == 3 or proc.poll() is not None, 60)
+        assert proc.poll() is None, proc.stderr.read()
+        kubelet.start()
+        regs = kubelet.wait_registrations(3, timeout=30)
+        got = kubelet.allocate(regs[sgx.PROVISION_RESOURCE], "sgx-provision-1")
+        platform = str((short_tmp / "sim" / "platform").absolute())
+        assert [(m.container_path, m.read_only) for m in got.mounts] == [
+            (platform, False), (str((short_tmp / "sim" / "pki").absolute()), True)]
+        assert len(kubelet.first_devices(regs[sgx.EPC_RESOURCE])) == 8
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert "signal 15: shutting down" in proc.stderr.read()
+        assert list(plugin_dir.glob("quotehelper-*.sock")) == []  # its sockets removed, kubelet's kept
+        assert (plugin_dir / "kubelet.sock").is_socket()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        kubelet.stop()
+
+
+def test_command_refuses_a_node_without_sgx(short_tmp):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "quotehelper.cli", "device-plugin", "--dev-root",
+                        str(short_tmp / "nodev"), "--plugin-dir", str(short_tmp / "p")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "sgx_enclave is not a character device" in r.stderr and "--simulate" in r.stderr

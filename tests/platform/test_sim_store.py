@@ -132,3 +132,12 @@ def test_default_platform_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert default_platform_dir() == tmp_path / "xdg" / "quotehelper" / "platform"
     monkeypatch.setenv("QUOTEHELPER_PLATFORM", str(tmp_path / "env"))
     assert default_platform_dir() == tmp_path / "env"
+
+
+def test_platform_and_pki_moved_together(tmp_path: Path) -> None:
+    plat = SimPlatform.create(tmp_path / "host" / "platform")
+    root = plat.root_ca_der()
+    (tmp_path / "host").rename(tmp_path / "mounted")
+    moved = SimPlatform.open(tmp_path / "mounted" / "platform")
+    assert moved.pki_dir == tmp_path / "mounted" / "pki"
+    assert moved.root_ca_der() == root and moved.collateral().tcb_info["fmspc"] == "00906ED50000"

@@ -170,7 +170,11 @@ class SimPlatform:
 
     @property
     def pki_dir(self) -> Path:
-        return Path(self.config["pki_dir"])
+        """The PKI recorded at creation; if that path is gone (platform and PKI moved together, e.g.
+        mounted elsewhere in a container), the platform's sibling `pki` directory."""
+        recorded = Path(self.config["pki_dir"])
+        sibling = self.platform_dir.parent / "pki"
+        return sibling if not recorded.exists() and (sibling / "root_ca.pem").exists() else recorded
 
     @property
     def pki(self) -> SimPki:

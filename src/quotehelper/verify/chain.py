@@ -17,10 +17,9 @@ from datetime import datetime
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from quotehelper.verify.collateral import split_pem_chain
 from quotehelper.verify.errors import ErrorCode, Kind, VerificationError
 from quotehelper.verify.trust import TrustAnchor, select_anchor
 
@@ -33,8 +32,8 @@ def cn(cert: x509.Certificate | x509.Name) -> str:
 
 def load_pem_chain(pem: bytes, name: str, kind: Kind = Kind.COLLATERAL) -> list[x509.Certificate]:
     try:
-        return [x509.load_pem_x509_certificate(c) for c in split_pem_chain(pem, name)]
-    except (ValueError, VerificationError) as e:
+        return x509.load_pem_x509_certificates(pem)
+    except ValueError as e:
         code = ErrorCode.PCK_CHAIN_MALFORMED if kind is Kind.QUOTE else ErrorCode.COLLATERAL_MALFORMED
         raise VerificationError(code, f"{name}: certificate does not parse: {e}", {"chain": name}, kind) from e
 
@@ -65,8 +64,8 @@ class ChainChecker:
     check_revocation: bool = True
     window: Window = field(default_factory=Window)
     # Shared between the checkers of one cached collateral: verified signatures, CRLs by issuer key.
-    verified: set[tuple[bytes, bytes]] = field(default_factory=set)
-    crls: dict[tuple[x509.Name, bytes], x509.CertificateRevocationList] = field(default_factory=dict)
+    verified: set[tuple[x509.Certificate, x509.Certificate]] = field(default_factory=set)
+    crls: dict[bytes, x509.CertificateRevocationList] = field(default_factory=dict)  # by issuer key
 
     # ---- CRLs ---------------------------------------------------------------------------------
     def add_crl(self, der: bytes, issuer: x509.Certificate | TrustAnchor, name: str) -> x509.CertificateRevocationList:
@@ -90,7 +89,7 @@ class ChainChecker:
             raise VerificationError(ErrorCode.CRL_NOT_YET_VALID, f"{name} is issued at {this_update}, after now",
                                     {"crl": name, "this_update": str(this_update), "now": str(self.now)})
         self.window.add(this_update, next_update)
-        self.crls[(crl.issuer, _key_id(key))] = crl
+        self.crls[_key_id(key)] = crl
         return crl
 
     # ---- chains -------------------------------------------------------------------------------
@@ -137,12 +136,12 @@ class ChainChecker:
 
     def _check_signature(self, cert: x509.Certificate, issuer: x509.Certificate, name: str, kind: Kind,
                          i: int) -> None:
+        memo = (cert, issuer)  # certificates hash and compare by their DER
+        if memo in self.verified:
+            return
         if cert.issuer != issuer.subject:
             raise self._err(ErrorCode.CERT_ISSUER_MISMATCH, f"issuer {cert.issuer.rfc4514_string()} is not "
                             f"{issuer.subject.rfc4514_string()}", kind, name, i, cert)
-        memo = (cert.fingerprint(hashes.SHA256()), issuer.fingerprint(hashes.SHA256()))
-        if memo in self.verified:
-            return
         key = issuer.public_key()
         try:
             algo = cert.signature_hash_algorithm
@@ -183,7 +182,7 @@ class ChainChecker:
                           i: int) -> None:
         key = issuer.public_key()
         assert isinstance(key, ec.EllipticCurvePublicKey)
-        crl = self.crls.get((issuer.subject, _key_id(key)))
+        crl = self.crls.get(_key_id(key))
         if crl is None:
             raise self._err(ErrorCode.CRL_MISSING, f"no CRL from {cn(issuer)}: revocation status unknown",
                             Kind.COLLATERAL, name, i, cert)

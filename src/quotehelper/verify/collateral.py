@@ -182,7 +182,8 @@ class Collateral:
 
         def chain(k: str) -> bytes:
             pem = d[k].encode()
-            split_pem_chain(pem, k)
+            if b"-----BEGIN CERTIFICATE-----" not in pem:
+                raise _bad(f"{k}: no PEM certificate", field=k)
             return pem
 
         pck_chain = d.get("pck_certificate_chain")

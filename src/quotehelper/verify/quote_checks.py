@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import re
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -29,7 +28,8 @@ from quotehelper.sgx.structs import ReportBody
 from quotehelper.verify.errors import ErrorCode, Kind, VerificationError
 
 _SHA256 = ec.ECDSA(hashes.SHA256())
-_PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----\n([A-Za-z0-9+/=\n]+?)-----END CERTIFICATE-----")
+_BEGIN = b"-----BEGIN CERTIFICATE-----\n"
+_END = b"-----END CERTIFICATE-----"
 
 
 def load_quote(data: bytes) -> Quote:
@@ -61,25 +61,26 @@ def strict_pem_chain(data: bytes, name: str = "pck") -> list[bytes]:
     Anything else is refused, so every changed byte of the chain is detected (PEM decoders ignore
     some bits and whitespace)."""
     body = data[:-1] if data.endswith(b"\0") else data
-    out, pos = [], 0
 
     def bad(why: str) -> VerificationError:
         return VerificationError(ErrorCode.PCK_CHAIN_MALFORMED, f"{name} certificate chain: {why}", {"chain": name})
 
-    for m in _PEM_BLOCK.finditer(body):
-        if body[pos:m.start()].strip(b"\n"):
-            raise bad(f"unexpected bytes at offset {pos}")
-        b64 = m.group(1).replace(b"\n", b"")
+    out = []
+    parts = body.split(_END)
+    if parts[-1].strip(b"\n"):
+        raise bad("unexpected bytes after the last certificate")
+    for i, part in enumerate(parts[:-1]):
+        head, sep, b64 = part.lstrip(b"\n").partition(_BEGIN)
+        if head or not sep:
+            raise bad(f"certificate {i} does not start with {_BEGIN!r}")
+        b64 = b64.replace(b"\n", b"")
         try:
             der = base64.b64decode(b64, validate=True)
         except (binascii.Error, ValueError) as e:
-            raise bad(f"bad base64 in certificate {len(out)}") from e
+            raise bad(f"bad base64 in certificate {i}") from e
         if base64.b64encode(der) != b64:
-            raise bad(f"certificate {len(out)} is not canonically base64-encoded")
+            raise bad(f"certificate {i} is not canonically base64-encoded")
         out.append(der)
-        pos = m.end()
-    if body[pos:].strip(b"\n"):
-        raise bad(f"unexpected bytes at offset {pos}")
     if not out:
         raise bad("no certificate")
     return out

@@ -118,6 +118,69 @@ class TcbLevel:
                 "tcb_status": self.status, "advisory_ids": list(self.advisory_ids)}
 
 
+class _Slow(Exception):
+    """The fast TCB-level reader met something unusual; the strict reader will name it."""
+
+
+_V2_KEYS = tuple(f"sgxtcbcomp{j:02d}svn" for j in range(1, 17))
+_STATUS_SET = frozenset(TCB_STATUSES)
+_U8, _INT, _STR = frozenset(range(256)), {int}, {str}
+_date_memo: dict[str, datetime] = {}
+
+
+def _fast_date(v: Any) -> datetime:
+    d = _date_memo.get(v) if type(v) is str else None
+    if d is None:
+        if type(v) is not str or not _DATE.fullmatch(v):
+            raise _Slow
+        try:
+            d = datetime.fromisoformat(v)
+        except ValueError as e:
+            raise _Slow from e
+        if len(_date_memo) < 4096:
+            _date_memo[v] = d
+    return d
+
+
+def _fast_level(lv: Any, version: int) -> TcbLevel:
+    """One TCB level without per-field objects (a TCB info holds 10-40 levels x 16 components)."""
+    if type(lv) is not dict:
+        raise _Slow
+    tcb = lv.get("tcb")
+    if type(tcb) is not dict:
+        raise _Slow
+    if version == 3:
+        comps = tcb.get("sgxtcbcomponents")
+        if type(comps) is not list or len(comps) != 16:
+            raise _Slow
+        try:
+            svns = tuple([c["svn"] for c in comps])
+        except (KeyError, TypeError) as e:
+            raise _Slow from e
+    else:
+        svns = tuple(map(tcb.get, _V2_KEYS))
+    pcesvn, status, adv = tcb.get("pcesvn"), lv.get("tcbStatus"), lv.get("advisoryIDs", [])
+    # set operations run in C; type checks keep bools and floats (1.0 == 1) out
+    if (set(map(type, svns)) != _INT or not _U8.issuperset(svns) or type(pcesvn) is not int
+            or not 0 <= pcesvn <= 65535 or status not in _STATUS_SET or type(adv) is not list
+            or not set(map(type, adv)) <= _STR):
+        raise _Slow
+    return TcbLevel(svns, pcesvn, _fast_date(lv.get("tcbDate")), status, tuple(adv))
+
+
+def _strict_level(lv: _Fields, version: int) -> TcbLevel:
+    tcb = lv.sub("tcb")
+    if version == 3:
+        comps_raw = tcb.list("sgxtcbcomponents")
+        if len(comps_raw) != 16:
+            raise tcb.error("sgxtcbcomponents", f"has {len(comps_raw)} entries, need 16")
+        comps = tuple(tcb.sub("sgxtcbcomponents", j).int("svn", 0, 255) for j in range(16))
+    else:
+        comps = tuple(tcb.int(k, 0, 255) for k in _V2_KEYS)
+    return TcbLevel(comps, tcb.int("pcesvn", 0, 65535), lv.date("tcbDate"), lv.status("tcbStatus"),
+                    lv.advisories())
+
+
 @dataclass(frozen=True)
 class TcbInfo:
     id: str
@@ -146,19 +209,11 @@ class TcbInfo:
         if tcb_type != 0:
             raise VerificationError(ErrorCode.TCB_INFO_UNSUPPORTED, f"tcbType {tcb_type} (only 0 is defined)",
                                     {"field": "tcbInfo.tcbType", "value": tcb_type})
-        levels = []
-        for i, _ in enumerate(f.list("tcbLevels")):
-            lv = f.sub("tcbLevels", i)
-            tcb = lv.sub("tcb")
-            if version == 3:
-                comps_raw = tcb.list("sgxtcbcomponents")
-                if len(comps_raw) != 16:
-                    raise tcb.error("sgxtcbcomponents", f"has {len(comps_raw)} entries, need 16")
-                comps = tuple(tcb.sub("sgxtcbcomponents", j).int("svn", 0, 255) for j in range(16))
-            else:
-                comps = tuple(tcb.int(f"sgxtcbcomp{j:02d}svn", 0, 255) for j in range(1, 17))
-            levels.append(TcbLevel(comps, tcb.int("pcesvn", 0, 65535), lv.date("tcbDate"), lv.status("tcbStatus"),
-                                   lv.advisories()))
+        raw_levels = f.list("tcbLevels")
+        try:
+            levels = [_fast_level(lv, version) for lv in raw_levels]
+        except _Slow:  # re-walk with the checked accessors only to name the bad field precisely
+            levels = [_strict_level(f.sub("tcbLevels", i), version) for i in range(len(raw_levels))]
         levels.sort(key=lambda lv: (lv.sgx_components, lv.pcesvn), reverse=True)
         return cls(tee_id, version, f.date("issueDate"), f.date("nextUpdate"), f.hex("fmspc", 6),
                    f.hex("pceId", 2) if f.has("pceId") else None, tcb_type,

@@ -87,6 +87,9 @@ def select_anchor(chain: list[x509.Certificate], anchors: tuple[TrustAnchor, ...
                   chain_name: str) -> tuple[TrustAnchor, list[x509.Certificate]]:
     """Picks the anchor the chain ends in; returns it and the chain without its root certificate."""
     top = chain[-1]
+    for a in anchors:  # fast path: the chain carries the anchor itself (DER equality)
+        if top == a.cert:
+            return a, chain[:-1]
     if top.subject == top.issuer:
         fp = fingerprint(top)
         for a in anchors:

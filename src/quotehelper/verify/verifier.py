@@ -70,7 +70,7 @@ class VerifiedCollateral:
     qe_identity: QeIdentity
     window: Window
     oldest_issue: datetime
-    verified: set[tuple[bytes, bytes]] = field(default_factory=set)
+    verified: set[tuple[x509.Certificate, x509.Certificate]] = field(default_factory=set)
     crls: dict[Any, x509.CertificateRevocationList] = field(default_factory=dict)
 
 

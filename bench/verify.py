@@ -1,0 +1,89 @@
+"""Verifies/s for one real SGX quote with its collateral: quotehelper cold and warm vs dcap-qvl `verify`.
+
+Same inputs, same run, interleaved rounds (the machine is shared, so rounds alternate to spread noise):
+  cold  = a fresh `Verifier` per verification (nothing cached; the collateral object is pre-loaded, as
+          dcap-qvl's QuoteCollateralV3 is)
+  warm  = one `Verifier` reused (verified collateral + PCK chain cached by content hash)
+  dcap  = `dcap_qvl.verify(quote, QuoteCollateralV3, now)`
+
+Usage: .venv/bin/python bench/verify.py [--seconds 1.0] [--rounds 5] [--sample phala|zkdcap|automata]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import dcap_qvl
+
+from quotehelper.verify import Collateral, Verifier
+
+TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "dcap-testdata"
+SAMPLES = {
+    "phala": ("phala-dcap-qvl/sgx_quote", "phala-dcap-qvl/sgx_quote_collateral.json", 1751624924),
+    "zkdcap": ("zkdcap/quote_sgx_v3_00906ED50000.dat", "zkdcap/dcap_qvl_collateral_sgx_00906ED50000.json",
+               1737458686),
+    "automata": ("automata-dcap-attestation/quote_sgx_v3_00606A000000.dat",
+                 "automata-dcap-attestation/dcap_qvl_collateral_sgx_00606A000000.json", 1755236700),
+}
+
+
+def rate(fn: Callable[[], object], seconds: float) -> float:
+    """Calls per second over at least `seconds` (after one warm-up call)."""
+    fn()
+    n, start = 0, time.perf_counter()
+    while True:
+        for _ in range(20):
+            fn()
+        n += 20
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return n / elapsed
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=1.0, help="time per measurement")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--sample", choices=sorted(SAMPLES), default="phala")
+    args = ap.parse_args()
+    qpath, cpath, now_s = SAMPLES[args.sample]
+    quote = (TESTDATA / qpath).read_bytes()
+    text = (TESTDATA / cpath).read_text()
+    coll = Collateral.from_dcap_qvl_json(text)
+    dcoll = dcap_qvl.QuoteCollateralV3.from_json(text)
+    now = datetime.fromtimestamp(now_s, UTC)
+
+    ours = Verifier().verify(quote, coll, now=now)
+    theirs = dcap_qvl.verify(quote, dcoll, now_s)
+    if not ours.valid or (ours.status, list(ours.advisory_ids)) != (theirs.status, theirs.advisory_ids):
+        print(f"results differ: ours {ours.summary()} / dcap-qvl {theirs.status} {theirs.advisory_ids}")
+        return 1
+    print(f"sample {args.sample}: {qpath} ({len(quote)} B), now={now_s}, both say {ours.status} "
+          f"{list(ours.advisory_ids)}")
+
+    warm_v = Verifier()
+    runs: dict[str, list[float]] = {"dcap-qvl verify": [], "quotehelper cold": [], "quotehelper warm": []}
+    for _ in range(args.rounds):
+        runs["dcap-qvl verify"].append(rate(lambda: dcap_qvl.verify(quote, dcoll, now_s), args.seconds))
+        runs["quotehelper cold"].append(rate(lambda: Verifier().verify(quote, coll, now=now), args.seconds))
+        runs["quotehelper warm"].append(rate(lambda: warm_v.verify(quote, coll, now=now), args.seconds))
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    print(f"{'':18s} {'verifies/s (median)':>20s} {'us/verify':>10s}   rounds")
+    for k, v in runs.items():
+        print(f"{k:18s} {med[k]:20.0f} {1e6 / med[k]:10.0f}   {' '.join(f'{x:.0f}' for x in v)}")
+    base = med["dcap-qvl verify"]
+    warm_ratio = med["quotehelper warm"] / base
+    cold_time_ratio = base / med["quotehelper cold"]
+    print(f"warm: {warm_ratio:.2f}x dcap-qvl's verifies/s (target >= 2.0x)")
+    print(f"cold: {cold_time_ratio:.2f}x dcap-qvl's time per verify (target <= 1.5x)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -193,6 +193,18 @@ def test_translation_towards_intel_bytes_name():
     assert pod == seed_pod()  # the input is not modified
 
 
+def test_legacy_nodes_get_no_enclave_resource_and_a_hostpath_socket():
+    cfg = mutate.MutationConfig(socket_delivery="hostPath", enclave_resource=False)
+    pod = plain_pod({"quotehelper.io/quote-provider": "aesm"}, limits={"sgx.intel.com/epc": "4Mi"})
+    ops = mutate.patch_for(pod, cfg)
+    patched = jsonpatch.apply_patch(pod, ops)
+    kubernetes_validate.validate(patched, K8S_VERSION, strict=True)
+    app = container(patched, "app")
+    assert app["resources"] == {"limits": {"kubernetes.azure.com/sgx_epc_mem_in_MiB": "4"}}
+    assert app["volumeMounts"] == [{"name": "aesmd-socket", "mountPath": "/var/run/aesmd"}]
+    assert mutate.patch_for(patched, cfg) == []
+
+
 def test_non_pod_update_and_bad_requests(server):
     # UPDATE of an opted-in pod, and other kinds: allowed, no patch.
     status, answer = post(server, admission_review(seed_pod(), operation="UPDATE"))

@@ -87,14 +87,17 @@ def device_plugin(plugin_dir: Path, aesmd_dir: Path, simulate: bool, platform_di
               help="the EPC resource the cluster serves; the other name is translated into it")
 @click.option("--socket-delivery", type=click.Choice(["plugin", "hostPath"]), default="plugin", show_default=True,
               help="plugin: the device plugin mounts the socket; hostPath: the webhook adds a hostPath volume")
+@click.option("--enclave-resource/--no-enclave-resource", default=True, show_default=True,
+              help="add sgx.intel.com/enclave: 1 (off where no device plugin serves it)")
 @click.option("-v", "--verbose", is_flag=True)
 def webhook_cmd(host: str, port: int, tls_dir: Path, epc_resource: str, socket_delivery: str,
-                verbose: bool) -> None:
+                enclave_resource: bool, verbose: bool) -> None:
     """Mutating admission webhook (HTTPS, AdmissionReview v1) wiring opted-in pods to the quote service."""
     from quotehelper.k8s import mutate, webhook
 
     _logging(verbose)
-    cfg = mutate.MutationConfig(epc_resource=epc_resource, socket_delivery=socket_delivery)
+    cfg = mutate.MutationConfig(epc_resource=epc_resource, socket_delivery=socket_delivery,
+                                enclave_resource=enclave_resource)
     try:
         server = webhook.make_server(host, port, tls_dir / "tls.crt", tls_dir / "tls.key", cfg)
     except (OSError, ValueError) as e:
@@ -131,3 +134,34 @@ def health_cmd(socket_path: str, engine: str, platform_dir: Path | None, timeout
         sys.exit(1)
     if not quiet:
         click.echo(report.summary())
+
+
+@main.command("webhook-tls")
+@click.option("--namespace", envvar="POD_NAMESPACE", default="quotehelper", show_default=True,
+              help="the webhook's namespace [env POD_NAMESPACE]")
+@click.option("--service", default="quotehelper-webhook", show_default=True)
+@click.option("--secret", default="quotehelper-webhook-tls", show_default=True)
+@click.option("--webhook-config", default="quotehelper", show_default=True,
+              help="MutatingWebhookConfiguration whose caBundle is set")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), required=True,
+              help="where to write ca.crt, tls.crt, tls.key")
+@click.option("--local", is_flag=True, help="only generate the files (no API server); print the caBundle")
+def webhook_tls_cmd(namespace: str, service: str, secret: str, webhook_config: str, out: Path,
+                    local: bool) -> None:
+    """Init step of the webhook: one shared TLS Secret, its files, and the caBundle in the webhook config."""
+    import base64
+
+    from quotehelper.k8s import tls, tls_init
+    from quotehelper.k8s.kubeapi import KubeApi
+
+    _logging(False)
+    try:
+        if local:
+            material = tls.generate(tls.service_dns_names(service, namespace))
+            material.write(out)
+            click.echo(base64.b64encode(material.ca_pem).decode())
+            return
+        click.echo(tls_init.run(KubeApi.in_cluster(), namespace=namespace, service=service, secret=secret,
+                                webhook_config=webhook_config, out=out))
+    except QuoteHelperError as e:
+        raise click.ClickException(str(e)) from e

@@ -5,7 +5,8 @@ A pod opts in with the annotation `quotehelper.io/quote-provider: aesm` (or Inte
 opted-in pod (one that asks for enclave or EPC; every container when none does):
 - both EPC resource names become the one the cluster serves (`--epc-resource`): MiB count <-> bytes,
   rounded up; a container naming both keeps the larger amount;
-- `sgx.intel.com/enclave: 1` is added (the enclave device, and through it the socket mount);
+- `sgx.intel.com/enclave: 1` is added (the enclave device, and through it the socket mount), unless
+  `enclave_resource=False` (nodes whose only SGX plugin is Azure's legacy MiB one);
 - env `SGX_AESM_ADDR=1` is added (any value selects out-of-process quoting in Intel's library);
 - with `socket_delivery="hostPath"` (no device plugin delivers the socket), a `/var/run/aesmd` mount of
   a hostPath volume `aesmd-socket` is added unless the container already mounts that path.
@@ -39,6 +40,7 @@ AESM_ADDR_ENV = "SGX_AESM_ADDR"
 class MutationConfig:
     epc_resource: str = EPC_MIB  # the EPC resource the cluster's device plugin serves
     socket_delivery: str = "plugin"  # "plugin": Allocate mounts the socket; "hostPath": the webhook does
+    enclave_resource: bool = True  # False where no plugin serves sgx.intel.com/enclave (legacy AKS nodes)
 
     def __post_init__(self) -> None:
         if self.epc_resource not in EPC_NAMES:
@@ -90,9 +92,10 @@ def _mutate_container(c: dict[str, Any], cfg: MutationConfig) -> None:
         # Extended resources need requests == limits; a request-only amount becomes the limit.
         if cfg.epc_resource in requests and cfg.epc_resource not in limits:
             limits[cfg.epc_resource] = requests[cfg.epc_resource]
-    limits.setdefault(ENCLAVE, "1")
-    if requests is not None and any(n in requests for n in SGX_RESOURCES):
-        requests.setdefault(ENCLAVE, limits[ENCLAVE])
+    if cfg.enclave_resource:
+        limits.setdefault(ENCLAVE, "1")
+        if requests is not None and any(n in requests for n in SGX_RESOURCES):
+            requests.setdefault(ENCLAVE, limits[ENCLAVE])
 
     env = c.setdefault("env", [])
     if not any(e.get("name") == AESM_ADDR_ENV for e in env):

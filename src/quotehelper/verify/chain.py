@@ -11,7 +11,6 @@ cost one signature check per distinct certificate.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -52,9 +51,11 @@ class Window:
             self.not_after = end
 
 
+_DER = serialization.Encoding.DER
+
+
 def _key_id(key: ec.EllipticCurvePublicKey) -> bytes:
-    return hashlib.sha256(key.public_bytes(serialization.Encoding.X962,
-                                           serialization.PublicFormat.UncompressedPoint)).digest()
+    return key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
 
 
 @dataclass
@@ -64,8 +65,9 @@ class ChainChecker:
     check_revocation: bool = True
     window: Window = field(default_factory=Window)
     # Shared between the checkers of one cached collateral: verified signatures, CRLs by issuer key.
-    verified: set[tuple[x509.Certificate, x509.Certificate]] = field(default_factory=set)
+    verified: set[tuple[bytes, bytes, int]] = field(default_factory=set)  # (cert DER, issuer DER, position)
     crls: dict[bytes, x509.CertificateRevocationList] = field(default_factory=dict)  # by issuer key
+    key_ids: dict[bytes, bytes] = field(default_factory=dict)  # issuer DER -> key
 
     # ---- CRLs ---------------------------------------------------------------------------------
     def add_crl(self, der: bytes, issuer: x509.Certificate | TrustAnchor, name: str) -> x509.CertificateRevocationList:
@@ -75,9 +77,9 @@ class ChainChecker:
             crl = x509.load_der_x509_crl(der)
         except ValueError as e:
             raise VerificationError(ErrorCode.COLLATERAL_MALFORMED, f"{name} does not parse: {e}", {"crl": name}) from e
-        key = issuer_cert.public_key()
+        key = issuer.public_key if isinstance(issuer, TrustAnchor) else issuer_cert.public_key()
         assert isinstance(key, ec.EllipticCurvePublicKey)
-        if crl.issuer != issuer_cert.subject or not crl.is_signature_valid(key):
+        if not crl.is_signature_valid(key):  # (names only matter for the message)
             raise VerificationError(ErrorCode.CRL_SIGNATURE_INVALID, f"{name} is not signed by {cn(issuer_cert)}",
                                     {"crl": name, "crl_issuer": crl.issuer.rfc4514_string(),
                                      "expected_issuer": issuer_cert.subject.rfc4514_string()})
@@ -108,16 +110,24 @@ class ChainChecker:
                                     {"chain": name}, kind)
         self._check_validity(anchor.cert, name, kind, len(chain))
         issuers = chain[1:] + [anchor.cert]
+        ders = [c.public_bytes(_DER) for c in chain] + [anchor.der]  # memo keys (bytes cache their hash)
         for i, (cert, issuer) in enumerate(zip(chain, issuers, strict=True)):
             self._check_validity(cert, name, kind, i)
-            self._check_signature(cert, issuer, name, kind, i)
-            self._check_issuer_constraints(issuer, name, kind, i + 1, below=i)
+            memo = (ders[i], ders[i + 1], i)
+            if memo not in self.verified:  # each (certificate, issuer, position) is checked once
+                sig_memo = (ders[i], ders[i + 1], -1)
+                if sig_memo not in self.verified:  # the signature, at any position
+                    self._check_signature(cert, issuer, name, kind, i)
+                    self.verified.add(sig_memo)
+                self._check_issuer_constraints(issuer, name, kind, i + 1, below=i)
+                if i == 0:
+                    if leaf_is_ca:
+                        self._check_issuer_constraints(cert, name, kind, 0, below=0)
+                    else:
+                        self._check_leaf(cert, name, kind)
+                self.verified.add(memo)
             if self.check_revocation:
-                self._check_revocation(cert, issuer, name, kind, i)
-        if leaf_is_ca:
-            self._check_issuer_constraints(chain[0], name, kind, 0, below=0)
-        else:
-            self._check_leaf(chain[0], name, kind)
+                self._check_revocation(cert, issuer, ders[i + 1], name, kind, i)
         return chain[0]
 
     def _err(self, code: ErrorCode, msg: str, kind: Kind, name: str, i: int, cert: x509.Certificate,
@@ -136,12 +146,9 @@ class ChainChecker:
 
     def _check_signature(self, cert: x509.Certificate, issuer: x509.Certificate, name: str, kind: Kind,
                          i: int) -> None:
-        memo = (cert, issuer)  # certificates hash and compare by their DER
-        if memo in self.verified:
-            return
-        if cert.issuer != issuer.subject:
-            raise self._err(ErrorCode.CERT_ISSUER_MISMATCH, f"issuer {cert.issuer.rfc4514_string()} is not "
-                            f"{issuer.subject.rfc4514_string()}", kind, name, i, cert)
+        """The issuer's key must verify the certificate. Names are compared only to explain a failure:
+        building x509.Name objects costs more than the rest of the chain logic, and the signature (not
+        the name) is what proves issuance."""
         key = issuer.public_key()
         try:
             algo = cert.signature_hash_algorithm
@@ -149,9 +156,11 @@ class ChainChecker:
                 raise InvalidSignature
             key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algo))
         except (InvalidSignature, UnsupportedAlgorithm, ValueError) as e:
+            if cert.issuer != issuer.subject:
+                raise self._err(ErrorCode.CERT_ISSUER_MISMATCH, f"issuer {cert.issuer.rfc4514_string()} is not "
+                                f"{issuer.subject.rfc4514_string()}", kind, name, i, cert) from e
             raise self._err(ErrorCode.CERT_SIGNATURE_INVALID, f"signature does not verify with {cn(issuer)}'s key",
                             kind, name, i, cert) from e
-        self.verified.add(memo)
 
     def _check_issuer_constraints(self, issuer: x509.Certificate, name: str, kind: Kind, i: int,
                                   below: int) -> None:
@@ -178,11 +187,14 @@ class ChainChecker:
         except x509.ExtensionNotFound:
             pass
 
-    def _check_revocation(self, cert: x509.Certificate, issuer: x509.Certificate, name: str, kind: Kind,
-                          i: int) -> None:
-        key = issuer.public_key()
-        assert isinstance(key, ec.EllipticCurvePublicKey)
-        crl = self.crls.get(_key_id(key))
+    def _check_revocation(self, cert: x509.Certificate, issuer: x509.Certificate, issuer_der: bytes, name: str,
+                          kind: Kind, i: int) -> None:
+        key_id = self.key_ids.get(issuer_der)
+        if key_id is None:
+            key = issuer.public_key()
+            assert isinstance(key, ec.EllipticCurvePublicKey)
+            key_id = self.key_ids[issuer_der] = _key_id(key)
+        crl = self.crls.get(key_id)
         if crl is None:
             raise self._err(ErrorCode.CRL_MISSING, f"no CRL from {cn(issuer)}: revocation status unknown",
                             Kind.COLLATERAL, name, i, cert)

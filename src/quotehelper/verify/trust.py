@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
 
@@ -35,14 +35,14 @@ def fingerprint(cert: x509.Certificate) -> str:
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest().upper()
 
 
-@dataclass(frozen=True, eq=False)
+@dataclass(eq=False)
 class TrustAnchor:
     cert: x509.Certificate
     der: bytes
     sha256: str
     builtin: bool = False
 
-    @property
+    @cached_property
     def public_key(self) -> ec.EllipticCurvePublicKey:
         key = self.cert.public_key()
         assert isinstance(key, ec.EllipticCurvePublicKey)

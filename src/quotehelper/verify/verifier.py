@@ -70,7 +70,8 @@ class VerifiedCollateral:
     qe_identity: QeIdentity
     window: Window
     oldest_issue: datetime
-    verified: set[tuple[x509.Certificate, x509.Certificate]] = field(default_factory=set)
+    verified: set[tuple[bytes, bytes, int]] = field(default_factory=set)
+    key_ids: dict[bytes, bytes] = field(default_factory=dict)
     crls: dict[Any, x509.CertificateRevocationList] = field(default_factory=dict)
 
 
@@ -196,7 +197,8 @@ class Verifier:
         ck.window.add(tcb.issue_date, tcb.next_update)
         ck.window.add(qe.issue_date, qe.next_update)
         oldest = min(tcb.issue_date, qe.issue_date, root_crl.last_update_utc, pck_crl.last_update_utc)
-        vc = VerifiedCollateral(anchor, tcb, qe, ck.window, oldest, ck.verified, ck.crls)
+        vc = VerifiedCollateral(anchor, tcb, qe, ck.window, oldest, verified=ck.verified, crls=ck.crls,
+                                key_ids=ck.key_ids)
         self._collateral_cache.put(key, vc)
         return vc
 
@@ -208,7 +210,8 @@ class Verifier:
                                     "signed bytes", {"signer": signer.subject.rfc4514_string()})
 
     def _verify_pck(self, certs: list[x509.Certificate], vc: VerifiedCollateral, now: datetime) -> VerifiedPck:
-        ck = ChainChecker(vc.anchor, now, self.options.check_revocation, verified=vc.verified, crls=vc.crls)
+        ck = ChainChecker(vc.anchor, now, self.options.check_revocation, verified=vc.verified, crls=vc.crls,
+                          key_ids=vc.key_ids)
         leaf = ck.check_chain(certs, "pck", Kind.QUOTE)
         try:
             der = leaf.extensions.get_extension_for_oid(x509.ObjectIdentifier(SGX_EXTENSION_OID)).value

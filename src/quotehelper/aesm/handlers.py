@@ -10,6 +10,7 @@ Split in two so the server can keep cheap calls off the quoting workers:
 
 from __future__ import annotations
 
+import functools
 import logging
 import struct
 from collections.abc import Sequence
@@ -225,7 +226,9 @@ class Dispatcher:
         return EngineCall(GET_QUOTE_EX, sub.SerializeToString())
 
 
+@functools.lru_cache(maxsize=64)
 def _att_key_id(raw: bytes) -> AttKeyId:
+    # Clients send the same few 256-byte ids over and over; AttKeyId is immutable, so parse each once.
     return AttKeyId.parse(raw[:ATT_KEY_ID_EXT_SIZE])
 
 

@@ -75,10 +75,11 @@ class PoolBusy(QuoteHelperError):
     """Every slot of the bounded queue is taken: answer AESM_BUSY."""
 
 
-def failure_response(tag: int, code: int) -> pb.Response:
+def failure_response(tag: int, code: int) -> bytes:
+    """A serialized Response carrying only errorCode in the sub-message matching `tag`."""
     res = pb.Response()
     getattr(res, _RESPONSE_FIELD[tag]).errorCode = int(code)
-    return res
+    return res.SerializeToString()
 
 
 # --- worker process side ------------------------------------------------------------------------------
@@ -123,7 +124,7 @@ def worker_main(sock: socket.socket, engine_factory: Callable[[], QuotingEngine]
 @dataclass
 class _Job:
     call: EngineCall
-    fut: asyncio.Future[pb.Response]
+    fut: asyncio.Future[bytes]  # the serialized Response, ready to frame
     attempts: int = 0
 
     def answer(self, code: int) -> None:
@@ -196,10 +197,8 @@ class WorkerPool:
             while True:
                 payload = await read_frame(w.reader)
                 job = w.pending.popleft()
-                res = pb.Response()
-                res.ParseFromString(payload)
                 if not job.fut.done():
-                    job.fut.set_result(res)
+                    job.fut.set_result(payload)  # relayed as is: no parse/re-serialize in the parent
         except (FrameError, ConnectionError, IndexError) as e:
             if not self._closing:
                 log.error("quoting worker %d (pid %s) went away: %s", w.index, w.process.pid, e)
@@ -243,20 +242,20 @@ class WorkerPool:
         w.pending.append(job)
         w.writer.write(encode_frame(bytes([job.call.tag]) + job.call.payload))
 
-    def submit_nowait(self, call: EngineCall) -> asyncio.Future[pb.Response]:
+    def submit_nowait(self, call: EngineCall) -> asyncio.Future[bytes]:
         """Queues `call` on the least-loaded worker; PoolBusy when the bounded queue is full."""
         if self._in_flight >= self.queue_limit:
             raise PoolBusy(f"{self._in_flight} engine calls in flight (limit {self.queue_limit})")
-        fut: asyncio.Future[pb.Response] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._in_flight += 1
         fut.add_done_callback(self._release)
         self._dispatch(_Job(call, fut))
         return fut
 
-    def _release(self, _fut: asyncio.Future[pb.Response]) -> None:
+    def _release(self, _fut: asyncio.Future[bytes]) -> None:
         self._in_flight -= 1
 
-    async def submit(self, call: EngineCall) -> pb.Response:
+    async def submit(self, call: EngineCall) -> bytes:
         return await self.submit_nowait(call)
 
     async def close(self) -> None:

@@ -77,12 +77,14 @@ def serve_cmd(socket_path: str, platform_dir: Path | None, engine: str, workers:
     else:
         spec = EngineSpec("quotehelper.platform.dcap_ql:DcapQlEngine")
     try:
-        ids = spec().supported_att_key_ids()  # the catalogue the inline calls answer from
+        local_engine = spec()
+        ids = local_engine.supported_att_key_ids()  # the catalogue the inline calls answer from
     except (QuoteHelperError, OSError) as e:
         raise click.ClickException(f"cannot open the {engine} engine: {e}") from e
     pool = WorkerPool(spec, workers=workers, queue_limit=queue_limit)
-    server = AesmServer(socket_path, AesmResponder(Dispatcher(ids), pool), mode=socket_mode,
-                        read_timeout=read_timeout)
+    # The software QE answers InitQuoteEx/GetQuoteSizeEx from memory: do those here, quotes on the workers.
+    responder = AesmResponder(Dispatcher(ids), pool, inline_engine=local_engine if engine == "sim" else None)
+    server = AesmServer(socket_path, responder, mode=socket_mode, read_timeout=read_timeout)
 
     def ready() -> None:
         click.echo(f"quotehelper serve: {socket_path} (mode {socket_mode:o}), {pool.size} worker(s), "

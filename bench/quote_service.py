@@ -1,0 +1,222 @@
+"""Quote service throughput and latency, against the transport floor measured in the same run.
+
+N concurrent clients (default 32) each repeat the full exchange a real client makes for one quote -
+InitQuoteEx, GetQuoteSizeEx, GetQuoteEx, each over a fresh connection with AESM framing - for a fixed
+duration. The same load generator then runs against a bare echo server built on the service's own
+transport (same framing, same asyncio server, no protocol work): that is the floor. Printed: quotes/s,
+p50/p99 latency of a whole quote exchange, the service's peak RSS (main process and workers), the echo
+floor in exchanges/s and requests/s, and the ratio. Worker scaling: the service runs with 1 and 2
+workers (or --workers LIST).
+
+    .venv/bin/python bench/quote_service.py [--clients 32] [--duration 5] [--workers 1,2]
+    .venv/bin/python bench/quote_service.py --rss-quotes 100000   # RSS after that many quotes
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from quotehelper.aesm import messages_pb2 as pb
+from quotehelper.aesm.framing import encode_frame
+from quotehelper.aesm.launch import ServiceProcess, wait_for_socket
+from quotehelper.platform.sim import SimPlatform
+from quotehelper.sgx.structs import DEFAULT_ECDSA_ATT_KEY_ID
+
+KID = DEFAULT_ECDSA_ATT_KEY_ID.to_bytes()
+
+
+def exchange_frames(report: bytes, quote_size: int) -> list[bytes]:
+    """The three requests libsgx_quote_ex sends for one quote (timeout 15000 as it sets it)."""
+    init = pb.Request()
+    init.initQuoteExReq.att_key_id = KID
+    init.initQuoteExReq.b_pub_key_id = True
+    init.initQuoteExReq.buf_size = 32
+    init.initQuoteExReq.timeout = 15000
+    size = pb.Request()
+    size.getQuoteSizeExReq.att_key_id = KID
+    size.getQuoteSizeExReq.timeout = 15000
+    quote = pb.Request()
+    quote.getQuoteExReq.report = report
+    quote.getQuoteExReq.att_key_id = KID
+    quote.getQuoteExReq.buf_size = quote_size
+    quote.getQuoteExReq.timeout = 15000
+    return [encode_frame(r.SerializeToString()) for r in (init, size, quote)]
+
+
+async def _roundtrip(loop: asyncio.AbstractEventLoop, path: str, frame: bytes) -> bytes:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.setblocking(False)
+    try:
+        await loop.sock_connect(s, path)
+        await loop.sock_sendall(s, frame)
+        buf = bytearray()
+        need = 4
+        while len(buf) < need:
+            chunk = await loop.sock_recv(s, 65536)
+            if not chunk:
+                raise ConnectionError(f"closed after {len(buf)} bytes")
+            buf += chunk
+            if need == 4 and len(buf) >= 4:
+                need = 4 + struct.unpack_from("<I", buf)[0]
+        return bytes(buf[4:need])
+    finally:
+        s.close()
+
+
+async def load(path: str, frames: list[bytes], clients: int, duration: float, check: bool,
+               max_exchanges: int | None = None) -> tuple[int, list[float], int]:
+    """Runs `clients` loops of the exchange until `duration` (or max_exchanges); (count, latencies, errors)."""
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    errors = 0
+    done = 0
+    end = time.perf_counter() + duration
+
+    async def client() -> None:
+        nonlocal errors, done
+        while time.perf_counter() < end and (max_exchanges is None or done < max_exchanges):
+            t0 = time.perf_counter()
+            try:
+                for frame in frames:
+                    reply = await _roundtrip(loop, path, frame)
+                    if check:
+                        res = pb.Response.FromString(reply)
+                        (_, sub), = res.ListFields()
+                        if sub.errorCode:
+                            errors += 1
+            except OSError:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - t0)
+            done += 1
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return done, latencies, errors
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p))] * 1000 if xs else float("nan")
+
+
+def rss_kb(pid: int) -> tuple[int, int]:
+    """(current RSS, peak RSS) of a process, in kB, from /proc."""
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            fields[k] = v.strip()
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+def children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def service_rss(pid: int) -> dict[str, int]:
+    main_now, main_peak = rss_kb(pid)
+    workers = [rss_kb(c) for c in children(pid)]
+    return {"main_now": main_now, "main_peak": main_peak,
+            "workers_peak": sum(p for _, p in workers), "workers_now": sum(n for n, _ in workers),
+            "n_workers": len(workers)}
+
+
+def run_echo_server(path: str) -> None:
+    """Child-process mode: the service's transport with the echo responder."""
+    from quotehelper.aesm.server import AesmServer, echo_responder
+
+    async def main() -> None:
+        server = AesmServer(path, echo_responder)
+        await server.start()
+        loop = asyncio.get_running_loop()
+        import signal
+        loop.add_signal_handler(signal.SIGTERM, server.request_stop)
+        await server.wait_stopped()
+        await server.stop()
+
+    asyncio.run(main())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=32)
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per measured phase")
+    ap.add_argument("--workers", default="1,2", help="worker counts to measure, comma separated")
+    ap.add_argument("--rss-quotes", type=int, default=0,
+                    help="instead: run this many quotes on the last worker count and report RSS")
+    ap.add_argument("--serve-echo", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve_echo:
+        run_echo_server(args.serve_echo)
+        return
+
+    worker_counts = [int(w) for w in args.workers.split(",")]
+    with tempfile.TemporaryDirectory(prefix="qh-bench-") as tmp:
+        plat = SimPlatform.create(Path(tmp) / "platform")
+        eng = plat.engine()
+        eng.init_quote(DEFAULT_ECDSA_ATT_KEY_ID)
+        report = plat.enclave().report(eng.target_info(), b"bench").to_bytes()
+        frames = exchange_frames(report, eng.quote_size(DEFAULT_ECDSA_ATT_KEY_ID))
+        print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; {args.clients} clients; "
+              f"one quote = InitQuoteEx + GetQuoteSizeEx + GetQuoteEx, fresh connection each")
+
+        if args.rss_quotes:
+            sock = str(Path(tmp) / "svc.socket")
+            with ServiceProcess(sock, plat.platform_dir, workers=worker_counts[-1]) as svc:
+                t0 = time.perf_counter()
+                n, lat, errors = asyncio.run(load(sock, frames, args.clients, 1e9, True, args.rss_quotes))
+                dt = time.perf_counter() - t0
+                r = service_rss(svc.pid)
+            print(f"{n} quotes in {dt:.1f}s ({n / dt:.0f}/s, errors {errors}, p99 {pct(lat, 0.99):.1f} ms); "
+                  f"service RSS after: main {r['main_now'] / 1024:.1f} MB (peak {r['main_peak'] / 1024:.1f}), "
+                  f"{r['n_workers']} workers {r['workers_now'] / 1024:.1f} MB (peak {r['workers_peak'] / 1024:.1f}), "
+                  f"total {(r['main_now'] + r['workers_now']) / 1024:.1f} MB")
+            return
+
+        # The floor: same generator, same frames, the service's transport with an echo responder.
+        sock = str(Path(tmp) / "echo.socket")
+        echo = subprocess.Popen([sys.executable, __file__, "--serve-echo", sock])
+        try:
+            wait_for_socket(sock)
+            asyncio.run(load(sock, frames, args.clients, 0.5, False))  # warm-up
+            n, lat, _ = asyncio.run(load(sock, frames, args.clients, args.duration, False))
+        finally:
+            echo.terminate()
+            echo.wait()
+        floor = n / args.duration
+        print(f"echo floor:      {floor:8.0f} exchanges/s ({3 * floor:.0f} requests/s)  "
+              f"p50 {pct(lat, 0.5):5.1f} ms  p99 {pct(lat, 0.99):5.1f} ms")
+
+        results = {}
+        for w in worker_counts:
+            sock = str(Path(tmp) / f"svc{w}.socket")
+            with ServiceProcess(sock, plat.platform_dir, workers=w) as svc:
+                asyncio.run(load(sock, frames, args.clients, 0.5, True))  # warm-up
+                n, lat, errors = asyncio.run(load(sock, frames, args.clients, args.duration, True))
+                r = service_rss(svc.pid)
+            qps = n / args.duration
+            results[w] = qps
+            print(f"service {w} worker{'s' if w > 1 else ' '}: {qps:8.0f} quotes/s     "
+                  f"p50 {pct(lat, 0.5):5.1f} ms  p99 {pct(lat, 0.99):5.1f} ms  errors {errors}  "
+                  f"ratio to floor {qps / floor:.2f}  peak RSS main {r['main_peak'] / 1024:.1f} MB + "
+                  f"{r['n_workers']} workers {r['workers_peak'] / 1024:.1f} MB")
+        if len(results) > 1:
+            ws = sorted(results)
+            print("scaling: " + ", ".join(f"{w} worker(s) {results[w] / results[ws[0]]:.2f}x" for w in ws))
+
+
+if __name__ == "__main__":
+    main()

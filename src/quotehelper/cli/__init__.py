@@ -18,3 +18,4 @@ from quotehelper.cli import inspect_cmd  # noqa: E402,F401,I001
 from quotehelper.cli import k8s_cmd  # noqa: E402,F401
 from quotehelper.cli import service_cmd  # noqa: E402,F401
 from quotehelper.cli import sim_cmd  # noqa: E402,F401
+from quotehelper.cli import verify_cmd  # noqa: E402,F401

@@ -323,12 +323,13 @@ class _PcsDir:
     def _split_crls(crls: list[x509.CertificateRevocationList], pck_crl_chain: bytes) -> tuple[bytes, bytes]:
         certs = [x509.load_pem_x509_certificate(c) for c in split_pem_chain(pck_crl_chain, "pck_crl_chain")]
         root_names = {c.subject for c in certs if c.subject == c.issuer}
-        root = [c for c in crls if c.issuer in root_names]
-        other = [c for c in crls if c.issuer not in root_names and c.issuer == certs[0].subject]
+        der = serialization.Encoding.DER
+        unique = {c.public_bytes(der): c for c in crls}.values()  # the same CRL saved as .der and .pem
+        root = [c for c in unique if c.issuer in root_names]
+        other = [c for c in unique if c.issuer not in root_names and c.issuer == certs[0].subject]
         if len(root) != 1 or len(other) != 1:
             raise _bad("need exactly one root CA CRL and one PCK CRL issued by the PCK CRL chain's CA",
                        root_crls=len(root), pck_crls=len(other))
-        der = serialization.Encoding.DER
         return root[0].public_bytes(der), other[0].public_bytes(der)
 
 

@@ -279,7 +279,8 @@ class QeIdentity:
                                      lv.status("tcbStatus"), lv.advisories()))
         levels.sort(key=lambda lv: lv.isvsvn, reverse=True)
         return cls(ident, version, f.date("issueDate"), f.date("nextUpdate"), f.int("tcbEvaluationDataNumber"),
-                   int.from_bytes(f.hex("miscselect", 4), "big"), int.from_bytes(f.hex("miscselectMask", 4), "big"),
+                   int.from_bytes(f.hex("miscselect", 4), "little"),  # hex in report byte order
+                   int.from_bytes(f.hex("miscselectMask", 4), "little"),
                    f.hex("attributes", 16), f.hex("attributesMask", 16), f.hex("mrsigner", 32),
                    f.int("isvprodid", 0, 65535), tuple(levels))
 

@@ -183,6 +183,32 @@ def test_opted_in_without_sgx_resources_wires_every_container(server):
         assert {"name": "SGX_AESM_ADDR", "value": "1"} in c["env"]
 
 
+def test_already_mutated_pod_gets_no_patch(server):
+    """A pod wired earlier (by this webhook in hostPath mode, or by hand like Intel's webhook would):
+    enclave, env, socket volume and mount already there, EPC under the served name."""
+    pod = plain_pod({"sgx.intel.com/quote-provider": "aesmd"},
+                    limits={"kubernetes.azure.com/sgx_epc_mem_in_MiB": "10", "sgx.intel.com/enclave": "1"})
+    app = container(pod, "app")
+    app["env"] = [{"name": "SGX_AESM_ADDR", "value": "1"}]
+    app["volumeMounts"] = [{"name": "aesmd-socket", "mountPath": "/var/run/aesmd"}]
+    pod["spec"]["volumes"] = [{"name": "aesmd-socket",
+                               "hostPath": {"path": "/var/run/aesmd", "type": "DirectoryOrCreate"}}]
+    assert mutate_over_https(server, pod) == ([], pod)
+
+
+def test_default_epc_for_containers_asking_for_none():
+    cfg = mutate.MutationConfig(default_epc_mib=4)
+    pod = plain_pod({"quotehelper.io/quote-provider": "aesm"}, limits={"sgx.intel.com/enclave": "1"})
+    new = mutate.mutate(pod, cfg)
+    assert container(new, "app")["resources"]["limits"] == {"sgx.intel.com/enclave": "1",
+                                                           "kubernetes.azure.com/sgx_epc_mem_in_MiB": "4"}
+    assert "resources" not in container(new, "sidecar")  # not an SGX container
+    assert mutate.patch_for(new, cfg) == []
+    asked = plain_pod({"quotehelper.io/quote-provider": "aesm"}, limits={"sgx.intel.com/epc": "1Mi"})
+    assert container(mutate.mutate(asked, cfg), "app")["resources"]["limits"][
+        "kubernetes.azure.com/sgx_epc_mem_in_MiB"] == "1"
+
+
 def test_translation_towards_intel_bytes_name():
     cfg = mutate.MutationConfig(epc_resource="sgx.intel.com/epc")
     pod = seed_pod()

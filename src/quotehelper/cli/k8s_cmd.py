@@ -89,15 +89,17 @@ def device_plugin(plugin_dir: Path, aesmd_dir: Path, simulate: bool, platform_di
               help="plugin: the device plugin mounts the socket; hostPath: the webhook adds a hostPath volume")
 @click.option("--enclave-resource/--no-enclave-resource", default=True, show_default=True,
               help="add sgx.intel.com/enclave: 1 (off where no device plugin serves it)")
+@click.option("--default-epc-mib", type=click.IntRange(min=0), default=0, show_default=True,
+              help="EPC (MiB) added to an opted-in SGX container that asks for none; 0 adds none")
 @click.option("-v", "--verbose", is_flag=True)
 def webhook_cmd(host: str, port: int, tls_dir: Path, epc_resource: str, socket_delivery: str,
-                enclave_resource: bool, verbose: bool) -> None:
+                enclave_resource: bool, default_epc_mib: int, verbose: bool) -> None:
     """Mutating admission webhook (HTTPS, AdmissionReview v1) wiring opted-in pods to the quote service."""
     from quotehelper.k8s import mutate, webhook
 
     _logging(verbose)
     cfg = mutate.MutationConfig(epc_resource=epc_resource, socket_delivery=socket_delivery,
-                                enclave_resource=enclave_resource)
+                                enclave_resource=enclave_resource, default_epc_mib=default_epc_mib)
     try:
         server = webhook.make_server(host, port, tls_dir / "tls.crt", tls_dir / "tls.key", cfg)
     except (OSError, ValueError) as e:

@@ -5,6 +5,7 @@ A pod opts in with the annotation `quotehelper.io/quote-provider: aesm` (or Inte
 opted-in pod (one that asks for enclave or EPC; every container when none does):
 - both EPC resource names become the one the cluster serves (`--epc-resource`): MiB count <-> bytes,
   rounded up; a container naming both keeps the larger amount;
+- `default_epc_mib` MiB of EPC is added where a container asks for none (when configured);
 - `sgx.intel.com/enclave: 1` is added (the enclave device, and through it the socket mount), unless
   `enclave_resource=False` (nodes whose only SGX plugin is Azure's legacy MiB one);
 - env `SGX_AESM_ADDR=1` is added (any value selects out-of-process quoting in Intel's library);
@@ -41,6 +42,7 @@ class MutationConfig:
     epc_resource: str = EPC_MIB  # the EPC resource the cluster's device plugin serves
     socket_delivery: str = "plugin"  # "plugin": Allocate mounts the socket; "hostPath": the webhook does
     enclave_resource: bool = True  # False where no plugin serves sgx.intel.com/enclave (legacy AKS nodes)
+    default_epc_mib: int = 0  # EPC given to an SGX container that asks for none (0: add none)
 
     def __post_init__(self) -> None:
         if self.epc_resource not in EPC_NAMES:
@@ -92,6 +94,8 @@ def _mutate_container(c: dict[str, Any], cfg: MutationConfig) -> None:
         # Extended resources need requests == limits; a request-only amount becomes the limit.
         if cfg.epc_resource in requests and cfg.epc_resource not in limits:
             limits[cfg.epc_resource] = requests[cfg.epc_resource]
+    if cfg.default_epc_mib and cfg.epc_resource not in limits:
+        limits[cfg.epc_resource] = str(cfg.default_epc_mib) if cfg.epc_resource == EPC_MIB else f"{cfg.default_epc_mib}Mi"
     if cfg.enclave_resource:
         limits.setdefault(ENCLAVE, "1")
         if requests is not None and any(n in requests for n in SGX_RESOURCES):

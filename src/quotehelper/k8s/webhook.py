@@ -122,8 +122,8 @@ def make_server(host: str, port: int, cert: Path, key: Path, cfg: MutationConfig
     ctx.load_cert_chain(cert, key)
     handler = type("Handler", (_Handler,), {"cfg": cfg})
     server = WebhookServer((host, port), handler)
-    # Handshake in the handler thread (do_handshake_on_connect=False would need more care); the accept
-    # loop itself only wraps, and a bad handshake surfaces as an error in that connection's thread.
+    # No handshake in accept(): it happens on the first read, in the connection's own thread and under
+    # its socket timeout, so a client that connects and stalls cannot hold up the accept loop.
     server.socket = ctx.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     return server
 

@@ -122,13 +122,14 @@ class _Servicer(api_pb2_grpc.DevicePluginServicer):
         out = api_pb2.PreferredAllocationResponse()
         healthy = self._s.healthy_ids()
         for req in request.container_requests:
+            # The devices kubelet insists on, topped up with healthy available ones in its order.
             chosen = list(req.must_include_deviceIDs)
             for dev in req.available_deviceIDs:
                 if len(chosen) >= req.allocation_size:
                     break
                 if dev in healthy and dev not in chosen:
                     chosen.append(dev)
-            out.container_responses.add(deviceIDs=chosen[: max(req.allocation_size, len(req.must_include_deviceIDs))])
+            out.container_responses.add(deviceIDs=chosen)
         return out
 
     def Allocate(self, request, context):  # noqa: N802

@@ -39,9 +39,6 @@ def load_quote(data: bytes) -> Quote:
     except FormatError as e:
         raise VerificationError(ErrorCode.QUOTE_MALFORMED, str(e), {"structure": e.structure, "field": e.field,
                                                                     "offset": e.offset}) from e
-    if q._trailing.strip(b"\0"):
-        raise VerificationError(ErrorCode.QUOTE_MALFORMED, f"{len(q._trailing)} non-zero bytes after the "
-                                "signature data", {"field": "<end>"})
     h = q.header
     if h.tee_type != TEE_TYPE_SGX or not isinstance(q.body, ReportBody):
         raise VerificationError(ErrorCode.QUOTE_UNSUPPORTED, "only SGX enclave quotes are verified (this one is "
@@ -52,6 +49,9 @@ def load_quote(data: bytes) -> Quote:
     if h.qe_vendor_id != INTEL_QE_VENDOR_ID:
         raise VerificationError(ErrorCode.QE_VENDOR_UNKNOWN, f"QE vendor {h.qe_vendor_id.hex()} is not Intel's "
                                 f"({INTEL_QE_VENDOR_ID.hex()})", {"field": "header.qe_vendor_id"})
+    if q._trailing.strip(b"\0"):
+        raise VerificationError(ErrorCode.QUOTE_MALFORMED, f"{len(q._trailing)} non-zero bytes after the "
+                                "signature data", {"field": "<end>"})
     return q
 
 

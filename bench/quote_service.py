@@ -88,11 +88,9 @@ async def load(path: str, frames: list[bytes], clients: int, duration: float, ch
             try:
                 for frame in frames:
                     reply = await _roundtrip(loop, path, frame)
-                    if check:
-                        res = pb.Response.FromString(reply)
-                        (_, sub), = res.ListFields()
-                        if sub.errorCode:
-                            errors += 1
+                    code = error_code(reply)  # same work in both phases; only the service's replies count
+                    if check and code != 0:
+                        errors += 1
             except OSError:
                 errors += 1
                 continue
@@ -101,6 +99,29 @@ async def load(path: str, frames: list[bytes], clients: int, duration: float, ch
 
     await asyncio.gather(*(client() for _ in range(clients)))
     return done, latencies, errors
+
+
+def error_code(reply: bytes) -> int:
+    """errorCode of a Response without a full parse: sub-message tag, length, then `08 <code>`."""
+    i = 0
+    for _ in range(2):  # skip the tag varint, then the length varint
+        while i < len(reply) and reply[i] & 0x80:
+            i += 1
+        i += 1
+    return reply[i + 1] if i + 1 < len(reply) and reply[i] == 0x08 else -1
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of these processes, from /proc/<pid>/stat."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except OSError:
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def pct(xs: list[float], p: float) -> float:
@@ -192,26 +213,32 @@ def main() -> None:
         try:
             wait_for_socket(sock)
             asyncio.run(load(sock, frames, args.clients, 0.5, False))  # warm-up
+            cpu0 = cpu_seconds([echo.pid])
             n, lat, _ = asyncio.run(load(sock, frames, args.clients, args.duration, False))
+            echo_cpu_us = (cpu_seconds([echo.pid]) - cpu0) / max(n, 1) * 1e6
         finally:
             echo.terminate()
             echo.wait()
         floor = n / args.duration
         print(f"echo floor:      {floor:8.0f} exchanges/s ({3 * floor:.0f} requests/s)  "
-              f"p50 {pct(lat, 0.5):5.1f} ms  p99 {pct(lat, 0.99):5.1f} ms")
+              f"p50 {pct(lat, 0.5):5.1f} ms  p99 {pct(lat, 0.99):5.1f} ms  server CPU {echo_cpu_us:.0f} us/exchange")
 
         results = {}
         for w in worker_counts:
             sock = str(Path(tmp) / f"svc{w}.socket")
             with ServiceProcess(sock, plat.platform_dir, workers=w) as svc:
                 asyncio.run(load(sock, frames, args.clients, 0.5, True))  # warm-up
+                kids = children(svc.pid)
+                main0, kids0 = cpu_seconds([svc.pid]), cpu_seconds(kids)
                 n, lat, errors = asyncio.run(load(sock, frames, args.clients, args.duration, True))
+                main_us = (cpu_seconds([svc.pid]) - main0) / max(n, 1) * 1e6
+                kids_us = (cpu_seconds(kids) - kids0) / max(n, 1) * 1e6
                 r = service_rss(svc.pid)
             qps = n / args.duration
             results[w] = qps
             print(f"service {w} worker{'s' if w > 1 else ' '}: {qps:8.0f} quotes/s     "
                   f"p50 {pct(lat, 0.5):5.1f} ms  p99 {pct(lat, 0.99):5.1f} ms  errors {errors}  "
-                  f"ratio to floor {qps / floor:.2f}  peak RSS main {r['main_peak'] / 1024:.1f} MB + "
+                  f"ratio to floor {qps / floor:.2f}  service CPU {main_us:.0f}+{kids_us:.0f} us/quote (main+workers)  peak RSS main {r['main_peak'] / 1024:.1f} MB + "
                   f"{r['n_workers']} workers {r['workers_peak'] / 1024:.1f} MB")
         if len(results) > 1:
             ws = sorted(results)

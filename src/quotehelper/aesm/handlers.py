@@ -77,12 +77,15 @@ def parse_request(payload: bytes) -> pb.Request:
     return req
 
 
+_PRECEDENCE_RANK = {name: i for i, name in enumerate(_PRECEDENCE)}
+
+
 def selected_call(req: pb.Request) -> str | None:
     """The request field AESM would act on, or None (AESM then closes without replying)."""
-    for name in _PRECEDENCE:
-        if req.HasField(name):
-            return name
-    return None
+    present = [f.name for f, _ in req.ListFields() if f.name in _PRECEDENCE_RANK]
+    if len(present) <= 1:  # the normal case: exactly one call set
+        return present[0] if present else None
+    return min(present, key=_PRECEDENCE_RANK.__getitem__)
 
 
 def error_response(call: str, code: int) -> pb.Response:

@@ -65,15 +65,20 @@ class AesmResponder:
 
     `inline_engine` (optional) is an engine opened in this process for the calls that are cheap once the
     attestation key exists (InitQuoteEx, GetQuoteSizeEx: in-memory lookups in the software platform), so
-    a quote costs one process hop instead of three. Leave it None for engines whose every call may block
-    (DCAP loads enclaves): then all engine calls go to the workers.
+    a quote costs one process hop instead of three. Its successful answers are memoised per request
+    payload: the software QE keeps its attestation key in memory for the life of the process, so these
+    answers cannot change while this process runs (errors are never memoised). Leave it None for engines
+    whose calls may block or change (DCAP loads enclaves, re-certifies keys): all calls go to the workers.
     """
+
+    MEMO_LIMIT = 64  # distinct payloads differ only in key id and timeout fields; bounded anyway
 
     def __init__(self, dispatcher: Dispatcher, pool: WorkerPool, inline_engine: QuotingEngine | None = None) -> None:
         self.dispatcher = dispatcher
         self.pool = pool
         self.inline_engine = inline_engine
         self.busy_replies = 0
+        self._memo: dict[tuple[int, bytes], bytes] = {}
 
     def __call__(self, payload: bytes) -> Reply:
         try:
@@ -86,7 +91,7 @@ class AesmResponder:
         if not isinstance(out, EngineCall):
             return encode_frame(out.SerializeToString())
         if self.inline_engine is not None and out.tag != GET_QUOTE_EX:
-            return encode_frame(run_engine_call(self.inline_engine, out).SerializeToString())
+            return self._inline_call(out, self.inline_engine)
         try:
             fut = self.pool.submit_nowait(out)
         except PoolBusy:
@@ -100,6 +105,18 @@ class AesmResponder:
 
         fut.add_done_callback(_finish)
         return done
+
+
+    def _inline_call(self, call: EngineCall, engine: QuotingEngine) -> bytes:
+        key = (call.tag, call.payload)
+        frame = self._memo.get(key)
+        if frame is None:
+            res = run_engine_call(engine, call)
+            frame = encode_frame(res.SerializeToString())
+            (_, sub), = res.ListFields()
+            if sub.errorCode == AesmError.SUCCESS and len(self._memo) < self.MEMO_LIMIT:
+                self._memo[key] = frame
+        return frame
 
 
 def echo_responder(payload: bytes) -> Reply:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from quotehelper.aesm import messages_pb2 as pb
 from quotehelper.aesm.codes import AesmError
-from quotehelper.aesm.framing import MAX_FRAME, FrameError, encode_frame, read_frame
+from quotehelper.aesm.framing import MAX_FRAME, FrameError, encode_frame
 from quotehelper.aesm.handlers import (
     GET_QUOTE_EX,
     GET_QUOTE_SIZE_EX,
@@ -140,6 +140,7 @@ class _Worker:
     writer: asyncio.StreamWriter
     pending: collections.deque[_Job] = field(default_factory=collections.deque)
     pump: asyncio.Task[None] | None = None
+    outbox: list[bytes] = field(default_factory=list)  # frames queued in this loop iteration
 
 
 class WorkerPool:
@@ -193,12 +194,17 @@ class WorkerPool:
 
     async def _pump(self, w: _Worker) -> None:
         """Matches the worker's in-order replies to the jobs waiting for them."""
+        buf = bytearray()
         try:
             while True:
-                payload = await read_frame(w.reader)
-                job = w.pending.popleft()
-                if not job.fut.done():
-                    job.fut.set_result(payload)  # relayed as is: no parse/re-serialize in the parent
+                chunk = await w.reader.read(1 << 16)
+                if not chunk:
+                    raise ConnectionError("worker closed its socket")
+                buf += chunk
+                for payload in _split_frames(buf):  # every reply that arrived, in one wake-up
+                    job = w.pending.popleft()
+                    if not job.fut.done():
+                        job.fut.set_result(payload)  # relayed as is: no parse/re-serialize in the parent
         except (FrameError, ConnectionError, IndexError) as e:
             if not self._closing:
                 log.error("quoting worker %d (pid %s) went away: %s", w.index, w.process.pid, e)
@@ -240,7 +246,15 @@ class WorkerPool:
         w = min(live, key=lambda x: len(x.pending))
         job.attempts += 1
         w.pending.append(job)
-        w.writer.write(encode_frame(bytes([job.call.tag]) + job.call.payload))
+        if not w.outbox:  # batch the hop: one write per worker per event-loop iteration
+            asyncio.get_running_loop().call_soon(self._flush, w)
+        w.outbox.append(encode_frame(bytes([job.call.tag]) + job.call.payload))
+
+    @staticmethod
+    def _flush(w: _Worker) -> None:
+        if w.outbox and not w.writer.is_closing():
+            w.writer.write(b"".join(w.outbox))
+        w.outbox.clear()
 
     def submit_nowait(self, call: EngineCall) -> asyncio.Future[bytes]:
         """Queues `call` on the least-loaded worker; PoolBusy when the bounded queue is full."""

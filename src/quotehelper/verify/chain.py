@@ -100,6 +100,15 @@ class ChainChecker:
         """Leaf-first chain ending in (or issued by) this verification's anchor; returns the leaf.
         `leaf_is_ca`: the chain ends in a CA (the PCK CRL issuer chain), so CA:TRUE is expected."""
         try:
+            return self._check_chain(certs, name, kind, leaf_is_ca)
+        except (ValueError, UnsupportedAlgorithm, x509.DuplicateExtension) as e:  # lazily parsed fields raise here
+            code = ErrorCode.PCK_CHAIN_MALFORMED if kind is Kind.QUOTE else ErrorCode.COLLATERAL_MALFORMED
+            raise VerificationError(code, f"{name} chain: a certificate field does not parse: {e}",
+                                    {"chain": name}, kind) from e
+
+    def _check_chain(self, certs: list[x509.Certificate], name: str, kind: Kind,
+                     leaf_is_ca: bool) -> x509.Certificate:
+        try:
             anchor, chain = select_anchor(certs, (self.anchor,), name)
         except VerificationError as e:
             e.kind = kind

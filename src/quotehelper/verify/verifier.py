@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from quotehelper.errors import FormatError
@@ -109,9 +110,17 @@ class Verifier:
         try:
             if coll is None:
                 raise VerificationError(ErrorCode.COLLATERAL_MALFORMED, "no collateral given")
+            if not isinstance(coll, Collateral):  # e.g. the software platform's own collateral object
+                to_json = getattr(coll, "to_dcap_qvl_json", None)
+                if to_json is None:
+                    raise VerificationError(ErrorCode.COLLATERAL_MALFORMED, f"not collateral: {type(coll).__name__}")
+                coll = Collateral.from_dcap_qvl_json(to_json())
             verdict, oldest = self._verify(quote, coll, when, facts)
         except VerificationError as e:
             return Verdict(valid=False, error=e, **facts)
+        except (ValueError, TypeError, FormatError, UnsupportedAlgorithm, x509.DuplicateExtension) as e:  # safety net: a lazily parsed field that is corrupt
+            err = VerificationError(ErrorCode.QUOTE_MALFORMED, f"unparseable input: {e}", {"exception": type(e).__name__})
+            return Verdict(valid=False, error=err, **facts)
         pol = policy or self.options.policy
         rules = (pol or Policy.permissive()).evaluate(verdict, when, oldest)
         return replace(verdict, policy=tuple(rules), policy_applied=pol is not None)

@@ -119,10 +119,12 @@ def test_register_then_kubelet_calls_back_simulated(short_tmp, run):
         same = kubelet.allocate(regs[sgx.ENCLAVE_RESOURCE], "sgx-enclave-4")
         assert {m.container_path for m in same.mounts} == set(mounts) and same.envs["SGX_AESM_ADDR"] == "1"
 
-        # Provision (the quote service's own grant): the platform read-write, no socket, no env.
+        # Provision (the quote service's own grant): the platform and its PKI, no socket, no env. Where
+        # it overlaps the enclave grant (same container path) it is identical: kubelet keeps either one.
         prov = kubelet.allocate(regs[sgx.PROVISION_RESOURCE], "sgx-provision-0")
-        assert [(m.container_path, m.read_only) for m in prov.mounts] == [(str(short_tmp / "platform"), False),
+        assert [(m.container_path, m.read_only) for m in prov.mounts] == [(str(short_tmp / "platform"), True),
                                                                          (str(short_tmp / "pki"), True)]
+        assert prov.mounts[0] in same.mounts
         assert not prov.envs
 
         # Unknown device: a precise gRPC error, the server keeps serving.
@@ -279,7 +281,9 @@ def test_command_waits_for_kubelet_registers_and_stops_cleanly_on_sigterm(short_
         got = kubelet.allocate(regs[sgx.PROVISION_RESOURCE], "sgx-provision-1")
         platform = str((short_tmp / "sim" / "platform").absolute())
         assert [(m.container_path, m.read_only) for m in got.mounts] == [
-            (platform, False), (str((short_tmp / "sim" / "pki").absolute()), True)]
+            (platform, True), (str((short_tmp / "sim" / "pki").absolute()), True)]
+        # The attestation key exists already, so the read-only platform can quote.
+        assert (Path(platform) / "attestation_key.sealed").is_file()
         assert len(kubelet.first_devices(regs[sgx.EPC_RESOURCE])) == 8
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0

@@ -104,11 +104,16 @@ def run_as_pod(alloc: api_pb2.ContainerAllocateResponse, program: str, *args: st
                           text=True, timeout=120)
 
 
-def test_pod_in_its_own_mount_namespace_quotes_through_the_allocated_socket(node):
+def needs_namespaces() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root: mount namespaces and bind mounts, as kubelet's runtime does")
     if shutil.which("unshare") is None or shutil.which("mount") is None:
         pytest.skip("util-linux unshare/mount not installed")
+
+
+@pytest.fixture(scope="module")
+def allocations(node) -> dict[str, api_pb2.ContainerAllocateResponse]:
+    """What the device plugin, registered with a fake kubelet, answers for each resource."""
     root, plat = node
     plugin_dir = Path(tempfile.mkdtemp(prefix="qh-kl-"))
     kubelet = FakeKubelet(plugin_dir).start()
@@ -120,12 +125,20 @@ def test_pod_in_its_own_mount_namespace_quotes_through_the_allocated_socket(node
     t.start()
     try:
         regs = kubelet.wait_registrations(3)
-        alloc = kubelet.allocate(regs[sgx.EPC_RESOURCE], "epc-0", "epc-1", "epc-2", "epc-3")
+        return {sgx.EPC_RESOURCE: kubelet.allocate(regs[sgx.EPC_RESOURCE], "epc-0", "epc-1", "epc-2", "epc-3"),
+                sgx.ENCLAVE_RESOURCE: kubelet.allocate(regs[sgx.ENCLAVE_RESOURCE], "sgx-enclave-0"),
+                sgx.PROVISION_RESOURCE: kubelet.allocate(regs[sgx.PROVISION_RESOURCE], "sgx-provision-0")}
     finally:
         stop.set()
         t.join(10)
         kubelet.stop()
         shutil.rmtree(plugin_dir, ignore_errors=True)
+
+
+def test_pod_in_its_own_mount_namespace_quotes_through_the_allocated_socket(node, allocations):
+    needs_namespaces()
+    root, plat = node
+    alloc = allocations[sgx.EPC_RESOURCE]
     # The socket is reachable only through the allocated mount (the pod's /run is a fresh tmpfs).
     assert "/var/run/aesmd" in {m.container_path for m in alloc.mounts}
 
@@ -145,3 +158,26 @@ def test_pod_in_its_own_mount_namespace_quotes_through_the_allocated_socket(node
     no_socket.mounts.extend(m for m in alloc.mounts if m.container_path != "/var/run/aesmd")
     failed = run_as_pod(no_socket, POD_PROGRAM, "0.5")
     assert failed.returncode != 0 and "SERVICE_UNAVAILABLE" in failed.stderr
+
+
+def test_quote_helper_pods_health_probe_with_its_allocated_grants(node, allocations):
+    """The quote-helper DaemonSet's pod (simulate overlay): enclave + provision grants from the plugin
+    (platform read-write, PKI read-only) and its own hostPath socket directory; its probe passes there."""
+    needs_namespaces()
+    root, plat = node
+    pod = api_pb2.ContainerAllocateResponse()
+    pod.MergeFrom(allocations[sgx.ENCLAVE_RESOURCE])
+    pod.MergeFrom(allocations[sgx.PROVISION_RESOURCE])
+    # Both grants name the platform: the runtime would refuse a duplicate mount point; keep the rw one.
+    mounts = {m.container_path: m for m in pod.mounts}
+    mounts[str(plat.platform_dir)] = next(m for m in allocations[sgx.PROVISION_RESOURCE].mounts
+                                          if m.container_path == str(plat.platform_dir))
+    mounts["/var/run/aesmd"] = api_pb2.Mount(container_path="/var/run/aesmd", host_path=str(root / "aesmd"))
+    del pod.mounts[:]
+    pod.mounts.extend(mounts.values())
+    assert mounts[str(plat.pki_dir)].read_only
+    probe = ("import sys; from quotehelper.cli import main; "
+             "sys.argv = ['quotehelper', 'health', '--platform', sys.argv[1]]; main()")
+    r = run_as_pod(pod, probe, str(plat.platform_dir))
+    assert r.returncode == 0, r.stderr
+    assert "self-test quote verified (UpToDate)" in r.stdout

@@ -129,9 +129,29 @@ def test_seed_pod_opted_in(server):
     assert c["resources"]["limits"] == {"kubernetes.azure.com/sgx_epc_mem_in_MiB": "10",
                                         "sgx.intel.com/enclave": "1"}
     assert c["env"] == [{"name": "SGX_AESM_ADDR", "value": "1"}]  # not duplicated
-    assert c["volumeMounts"] == pod["spec"]["containers"][0]["volumeMounts"]  # its own mount kept, no 2nd
-    assert patched["spec"]["volumes"] == pod["spec"]["volumes"]
-    assert [op["path"] for op in ops] == ["/spec/containers/0/resources"]
+    if cfg.socket_delivery == "hostPath":  # its own mount kept, no second one
+        assert c["volumeMounts"] == pod["spec"]["containers"][0]["volumeMounts"]
+        assert patched["spec"]["volumes"] == pod["spec"]["volumes"]
+        assert [op["path"] for op in ops] == ["/spec/containers/0/resources"]
+    else:  # the plugin mounts the socket: the hand-made hostPath goes (baseline-compliant pod)
+        assert "volumeMounts" not in c and "volumes" not in patched["spec"]
+        assert {op["op"] for op in ops if op["path"] != "/spec/containers/0/resources"} == {"remove"}
+
+
+def test_hand_wired_socket_removed_only_where_unused():
+    """Plugin mode: the hostPath socket volume stays while a container the webhook does not wire (here an
+    init container) still mounts it; other volumes and mounts are never touched."""
+    pod = seed_pod()
+    spec = pod["spec"]
+    spec["containers"][0]["volumeMounts"].append({"name": "data", "mountPath": "/data"})
+    spec["volumes"].append({"name": "data", "emptyDir": {}})
+    spec["initContainers"] = [{"name": "init", "image": "example.invalid/init:1",
+                               "volumeMounts": [{"name": "var-run-aesmd", "mountPath": "/var/run/aesmd"}]}]
+    patched = jsonpatch.apply_patch(pod, mutate.patch_for(pod))
+    kubernetes_validate.validate(patched, K8S_VERSION, strict=True)
+    assert patched["spec"]["containers"][0]["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
+    assert [v["name"] for v in patched["spec"]["volumes"]] == ["var-run-aesmd", "data"]
+    assert mutate.patch_for(patched) == []
 
 
 def test_seed_pod_not_opted_in_is_untouched(server):
@@ -184,15 +204,17 @@ def test_opted_in_without_sgx_resources_wires_every_container(server):
 
 
 def test_already_mutated_pod_gets_no_patch(server):
-    """A pod wired earlier (by this webhook in hostPath mode, or by hand like Intel's webhook would):
-    enclave, env, socket volume and mount already there, EPC under the served name."""
+    """A pod wired earlier (by this webhook, or by hand as Intel's webhook would): enclave, env, EPC
+    under the served name, and the socket volume + mount where the webhook delivers the socket."""
+    _, _, cfg = server
     pod = plain_pod({"sgx.intel.com/quote-provider": "aesmd"},
                     limits={"kubernetes.azure.com/sgx_epc_mem_in_MiB": "10", "sgx.intel.com/enclave": "1"})
     app = container(pod, "app")
     app["env"] = [{"name": "SGX_AESM_ADDR", "value": "1"}]
-    app["volumeMounts"] = [{"name": "aesmd-socket", "mountPath": "/var/run/aesmd"}]
-    pod["spec"]["volumes"] = [{"name": "aesmd-socket",
-                               "hostPath": {"path": "/var/run/aesmd", "type": "DirectoryOrCreate"}}]
+    if cfg.socket_delivery == "hostPath":
+        app["volumeMounts"] = [{"name": "aesmd-socket", "mountPath": "/var/run/aesmd"}]
+        pod["spec"]["volumes"] = [{"name": "aesmd-socket",
+                                   "hostPath": {"path": "/var/run/aesmd", "type": "DirectoryOrCreate"}}]
     assert mutate_over_https(server, pod) == ([], pod)
 
 

@@ -10,7 +10,11 @@ opted-in pod (one that asks for enclave or EPC; every container when none does):
   `enclave_resource=False` (nodes whose only SGX plugin is Azure's legacy MiB one);
 - env `SGX_AESM_ADDR=1` is added (any value selects out-of-process quoting in Intel's library);
 - with `socket_delivery="hostPath"` (no device plugin delivers the socket), a `/var/run/aesmd` mount of
-  a hostPath volume `aesmd-socket` is added unless the container already mounts that path.
+  a hostPath volume `aesmd-socket` is added unless the container already mounts that path;
+- with `socket_delivery="plugin"`, a hand-made hostPath wiring of the socket directory (the AKS
+  sample's `/var/run/aesmd` volume + mount) is removed from the container (and the volume from the pod
+  once unused): kubelet would otherwise pass two mounts at `/var/run/aesmd` (the pod's and the
+  plugin's) to the runtime, and the pod would keep a hostPath that Pod Security "baseline" forbids.
 Applying the result to its own output yields no further patch (idempotent: reinvocation is safe).
 """
 
@@ -33,6 +37,7 @@ EPC_NAMES = (EPC_MIB, EPC_BYTES)
 SGX_RESOURCES = (ENCLAVE, *EPC_NAMES)
 
 AESMD_DIR = "/var/run/aesmd"
+HOST_SOCKET_DIRS = {"/var/run/aesmd", "/run/aesmd"}  # /var/run is a symlink to /run on current distros
 SOCKET_VOLUME = "aesmd-socket"
 AESM_ADDR_ENV = "SGX_AESM_ADDR"
 
@@ -84,7 +89,12 @@ def _wants_sgx(container: dict[str, Any]) -> bool:
     return any(name in (res.get(kind) or {}) for kind in ("limits", "requests") for name in SGX_RESOURCES)
 
 
-def _mutate_container(c: dict[str, Any], cfg: MutationConfig) -> None:
+def _hand_wired_socket_volumes(spec: dict[str, Any]) -> set[str]:
+    return {v.get("name") for v in spec.get("volumes") or []
+            if ((v.get("hostPath") or {}).get("path") or "").rstrip("/") in HOST_SOCKET_DIRS}
+
+
+def _mutate_container(c: dict[str, Any], cfg: MutationConfig, hand_wired: set[str]) -> None:
     resources = c.setdefault("resources", {})
     limits = resources.setdefault("limits", {})
     requests = resources.get("requests")
@@ -109,6 +119,13 @@ def _mutate_container(c: dict[str, Any], cfg: MutationConfig) -> None:
         mounts = c.setdefault("volumeMounts", [])
         if not any(m.get("mountPath", "").rstrip("/") == AESMD_DIR for m in mounts):
             mounts.append({"name": SOCKET_VOLUME, "mountPath": AESMD_DIR})
+    elif hand_wired and c.get("volumeMounts"):
+        keep = [m for m in c["volumeMounts"]
+                if not (m.get("name") in hand_wired and m.get("mountPath", "").rstrip("/") == AESMD_DIR)]
+        if not keep:
+            del c["volumeMounts"]
+        elif len(keep) != len(c["volumeMounts"]):
+            c["volumeMounts"] = keep
 
 
 def mutate(pod: dict[str, Any], cfg: MutationConfig = MutationConfig()) -> dict[str, Any]:  # noqa: B008
@@ -119,8 +136,17 @@ def mutate(pod: dict[str, Any], cfg: MutationConfig = MutationConfig()) -> dict[
     spec = new.setdefault("spec", {})
     containers = spec.get("containers") or []
     targets = [c for c in containers if _wants_sgx(c)] or containers
+    hand_wired = _hand_wired_socket_volumes(spec)
     for c in targets:
-        _mutate_container(c, cfg)
+        _mutate_container(c, cfg, hand_wired)
+    if cfg.socket_delivery == "plugin" and hand_wired:
+        every = [*containers, *(spec.get("initContainers") or []), *(spec.get("ephemeralContainers") or [])]
+        used = {m.get("name") for c in every for m in c.get("volumeMounts") or []}
+        volumes = [v for v in spec["volumes"] if v.get("name") not in hand_wired or v.get("name") in used]
+        if not volumes:
+            del spec["volumes"]
+        elif len(volumes) != len(spec["volumes"]):
+            spec["volumes"] = volumes
     if cfg.socket_delivery == "hostPath":
         uses_volume = any(m.get("name") == SOCKET_VOLUME for c in containers for m in c.get("volumeMounts") or [])
         volumes = spec.get("volumes") or []
@@ -132,19 +158,24 @@ def mutate(pod: dict[str, Any], cfg: MutationConfig = MutationConfig()) -> dict[
 
 def diff_patch(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
     """JSON Patch turning `old` into `new`, at the granularity the mutation works on: a container's
-    `resources`, `env`, `volumeMounts`, and the pod's `volumes` (whole-field add/replace)."""
+    `resources`, `env`, `volumeMounts`, and the pod's `volumes` (whole-field add/replace/remove)."""
     ops: list[dict[str, Any]] = []
-    old_containers = (old.get("spec") or {}).get("containers") or []
-    new_containers = (new.get("spec") or {}).get("containers") or []
-    for i, (before, after) in enumerate(zip(old_containers, new_containers, strict=True)):
+
+    def field_op(before: dict[str, Any], after: dict[str, Any], field: str, *path: str | int) -> None:
+        if after.get(field) == before.get(field) and (field in after) == (field in before):
+            return
+        pointer = _pointer(*path, field)
+        if field not in after:
+            ops.append({"op": "remove", "path": pointer})
+        else:
+            ops.append({"op": "replace" if field in before else "add", "path": pointer, "value": after[field]})
+
+    old_spec, new_spec = old.get("spec") or {}, new.get("spec") or {}
+    pairs = zip(old_spec.get("containers") or [], new_spec.get("containers") or [], strict=True)
+    for i, (before, after) in enumerate(pairs):
         for field in ("resources", "env", "volumeMounts"):
-            if after.get(field) != before.get(field):
-                ops.append({"op": "replace" if field in before else "add",
-                            "path": _pointer("spec", "containers", i, field), "value": after[field]})
-    old_volumes, new_volumes = (old.get("spec") or {}).get("volumes"), (new.get("spec") or {}).get("volumes")
-    if new_volumes != old_volumes:
-        ops.append({"op": "replace" if old_volumes is not None else "add",
-                    "path": _pointer("spec", "volumes"), "value": new_volumes})
+            field_op(before, after, field, "spec", "containers", i)
+    field_op(old_spec, new_spec, "volumes", "spec")
     return ops
 
 

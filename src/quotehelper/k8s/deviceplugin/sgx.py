@@ -154,13 +154,16 @@ def discover(dev_root: Path = Path("/dev"), sys_root: Path = Path("/sys"), *, ep
 def simulated(platform_dir: Path, *, epc_mib: int, aesmd_dir: Path = Path(AESMD_DIR),
               pki_dir: Path | None = None) -> SgxNode:
     """The software platform as the node's SGX: its directory is the device (same path in the container,
-    since the platform records absolute paths). The provision grant adds its PKI directory read-only, so
-    the quote service's health check can sign fresh collateral for its self-test quote."""
+    since the platform records absolute paths), read-only for everyone. The provision grant adds its PKI
+    directory, read-only too, so the quote service's health check can sign collateral for its self-test.
+
+    Read-only for the quote service as well: kubelet keeps only the first of several device-plugin mounts
+    at one container path (resources in map order), so a container granted enclave and provision must
+    get identical mounts from both; the plugin creates the attestation key beforehand (`prepare_sim`)."""
     platform_dir = Path(platform_dir)
     extra = (Grant(Path(pki_dir), str(pki_dir), is_device=False, read_only=True),) if pki_dir else ()
-    return SgxNode(Grant(platform_dir, str(platform_dir), is_device=False, read_only=True),
-                   Grant(platform_dir, str(platform_dir), is_device=False, read_only=False),
-                   aesmd_dir, {-1: epc_mib}, simulate=True, provision_extra=extra)
+    platform = Grant(platform_dir, str(platform_dir), is_device=False, read_only=True)
+    return SgxNode(platform, platform, aesmd_dir, {-1: epc_mib}, simulate=True, provision_extra=extra)
 
 
 # --- the three plugin backends ----------------------------------------------------------------------

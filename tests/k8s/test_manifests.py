@@ -139,6 +139,16 @@ def test_quote_helper_daemonset(rendered, name):
         assert c[probe]["exec"]["command"][:2] == ["quotehelper", "health"]
     assert "aesm.socket" in " ".join(c["lifecycle"]["preStop"]["exec"]["command"])
     assert c["args"][0] == "serve"
+    # It serves into the host's /var/run/aesmd through its own mount, at a path no device-plugin grant
+    # uses (kubelet would pass two mounts at /var/run/aesmd: the enclave grant's and this one).
+    sock = c["args"][c["args"].index("--socket") + 1]
+    own = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    assert own[os.path.dirname(sock)] == "aesmd-socket"
+    assert not set(own) & {"/var/run/aesmd", "/run/aesmd", "/dev/sgx_enclave", "/dev/sgx_provision"}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        cmd = c[probe]["exec"]["command"]
+        assert cmd[cmd.index("--socket") + 1] == sock
+    assert sock in " ".join(c["lifecycle"]["preStop"]["exec"]["command"])
     limits = c["resources"]["limits"]
     if name == "azure-legacy":
         assert limits.get("kubernetes.azure.com/sgx_epc_mem_in_MiB") == "1" and "sgx.intel.com/enclave" not in limits

@@ -60,13 +60,7 @@ def device_plugin(plugin_dir: Path, aesmd_dir: Path, simulate: bool, platform_di
     _logging(verbose)
     try:
         if simulate:
-            from quotehelper.platform.sim import SimPlatform
-
-            plat = SimPlatform.create(platform_dir.absolute())  # idempotent: an existing one is kept
-            # The attestation key now, while this process can write: pods get the platform read-only.
-            from quotehelper.sgx.structs import DEFAULT_ECDSA_ATT_KEY_ID
-
-            plat.engine().init_quote(DEFAULT_ECDSA_ATT_KEY_ID)
+            plat = sgx.prepare_simulated_platform(platform_dir)
             node = sgx.simulated(plat.platform_dir, epc_mib=epc_mib or 256, aesmd_dir=aesmd_dir,
                                  pki_dir=plat.pki_dir)
         else:

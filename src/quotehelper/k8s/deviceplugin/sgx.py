@@ -21,10 +21,14 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from quotehelper.errors import QuoteHelperError
 from quotehelper.k8s.deviceplugin import api_pb2
 from quotehelper.k8s.deviceplugin.framework import DeviceState
+
+if TYPE_CHECKING:
+    from quotehelper.platform.sim import SimPlatform
 
 log = logging.getLogger("quotehelper.k8s.deviceplugin")
 
@@ -159,11 +163,23 @@ def simulated(platform_dir: Path, *, epc_mib: int, aesmd_dir: Path = Path(AESMD_
 
     Read-only for the quote service as well: kubelet keeps only the first of several device-plugin mounts
     at one container path (resources in map order), so a container granted enclave and provision must
-    get identical mounts from both; the plugin creates the attestation key beforehand (`prepare_sim`)."""
+    get identical mounts from both; the plugin makes the attestation key beforehand
+    (`prepare_simulated_platform`)."""
     platform_dir = Path(platform_dir)
     extra = (Grant(Path(pki_dir), str(pki_dir), is_device=False, read_only=True),) if pki_dir else ()
     platform = Grant(platform_dir, str(platform_dir), is_device=False, read_only=True)
     return SgxNode(platform, platform, aesmd_dir, {-1: epc_mib}, simulate=True, provision_extra=extra)
+
+
+def prepare_simulated_platform(platform_dir: Path) -> SimPlatform:
+    """Creates (or opens) the software platform and makes its attestation key now, while this process
+    can write: the pods it is granted to see it read-only."""
+    from quotehelper.platform.sim import SimPlatform
+    from quotehelper.sgx.structs import DEFAULT_ECDSA_ATT_KEY_ID
+
+    plat = SimPlatform.create(Path(platform_dir).absolute())  # idempotent: an existing one is kept
+    plat.engine().init_quote(DEFAULT_ECDSA_ATT_KEY_ID)
+    return plat
 
 
 # --- the three plugin backends ----------------------------------------------------------------------

@@ -8,8 +8,8 @@ Three resources, each served by its own `framework.PluginServer`:
 Containers granted enclave or EPC also get the AESM socket directory as a Mount and `SGX_AESM_ADDR=1`,
 so pods reach the quote service without a hostPath volume (Pod Security "baseline" forbids those).
 
-In simulation mode the "device" is the software platform's directory: it is mounted instead of the
-device nodes (read-only for enclave/EPC, read-write for provision, which the quote service holds).
+In simulation mode the "device" is the software platform's directory: it is mounted, read-only,
+instead of the device nodes; provision adds the platform's test PKI (read-only) for the quote service.
 """
 
 from __future__ import annotations

@@ -83,3 +83,22 @@ class FakeKubelet:
                     api_pb2.ContainerAllocateRequest(devices_ids=list(device_ids))]), timeout=5)
         assert len(resp.container_responses) == 1
         return resp.container_responses[0]
+
+
+def kubelet_merge(*answers: api_pb2.ContainerAllocateResponse) -> api_pb2.ContainerAllocateResponse:
+    """How kubelet combines the Allocate answers of a container's resources: per container path the
+    first mount / device / env wins (and resources come in map order). Our grants must therefore agree
+    wherever they overlap, which this asserts."""
+    out = api_pb2.ContainerAllocateResponse()
+    mounts: dict[str, api_pb2.Mount] = {}
+    devices: dict[str, api_pb2.DeviceSpec] = {}
+    for a in answers:
+        for m in a.mounts:
+            assert mounts.setdefault(m.container_path, m) == m, f"conflicting mounts at {m.container_path}"
+        for d in a.devices:
+            assert devices.setdefault(d.container_path, d) == d, f"conflicting devices at {d.container_path}"
+        for k, v in a.envs.items():
+            assert out.envs.setdefault(k, v) == v, f"conflicting env {k}"
+    out.mounts.extend(mounts.values())
+    out.devices.extend(devices.values())
+    return out

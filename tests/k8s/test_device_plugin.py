@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from quotehelper.k8s.deviceplugin import api_pb2, api_pb2_grpc, framework, sgx
-from tests.k8s.kubelet import FakeKubelet
+from tests.k8s.kubelet import FakeKubelet, kubelet_merge
 
 RESOURCES = {sgx.ENCLAVE_RESOURCE, sgx.PROVISION_RESOURCE, sgx.EPC_RESOURCE}
 
@@ -159,6 +159,12 @@ def test_hardware_devices_unhealthy_when_they_vanish(short_tmp, run):
         assert dict(got.envs) == {"SGX_AESM_ADDR": "1"}
         prov = kubelet.allocate(regs[sgx.PROVISION_RESOURCE], "sgx-provision-1")
         assert [d.container_path for d in prov.devices] == ["/dev/sgx_provision"] and not prov.mounts
+        # The quote service's pod (enclave + provision) and an app pod (EPC + enclave): kubelet merges the
+        # answers keeping the first entry per container path, so overlapping entries must be identical.
+        service = kubelet_merge(kubelet.allocate(regs[sgx.ENCLAVE_RESOURCE], "sgx-enclave-0"), prov)
+        assert {d.container_path for d in service.devices} == {"/dev/sgx_enclave", "/dev/sgx_provision"}
+        app = kubelet_merge(got, kubelet.allocate(regs[sgx.ENCLAVE_RESOURCE], "sgx-enclave-1"))
+        assert app == got
 
         # Watch the EPC stream: the first message is all healthy; deleting the device node flips it.
         with kubelet.channel(regs[sgx.EPC_RESOURCE]) as ch:

@@ -27,32 +27,13 @@ from quotehelper.k8s.deviceplugin import api_pb2, framework, sgx
 from quotehelper.platform.sim import SimPlatform
 from quotehelper.sgx.quote import parse_quote
 from quotehelper.verify import Collateral, TrustAnchor, verify_quote
-from tests.k8s.kubelet import FakeKubelet
+from tests.k8s.kubelet import FakeKubelet, kubelet_merge
 
 SERVICE_SOCKET_DIR = "/run/quotehelper-socket"  # as in deploy/base/quote-helper.yaml
 
 
 def namespaces_available() -> bool:
     return os.geteuid() == 0 and shutil.which("unshare") is not None and shutil.which("mount") is not None
-
-
-def kubelet_merge(*answers: api_pb2.ContainerAllocateResponse) -> api_pb2.ContainerAllocateResponse:
-    """How kubelet combines the Allocate answers of a container's resources: per container path the
-    first mount / device / env wins (and resources come in map order). Our grants must therefore agree
-    wherever they overlap, which this asserts."""
-    out = api_pb2.ContainerAllocateResponse()
-    mounts: dict[str, api_pb2.Mount] = {}
-    devices: dict[str, api_pb2.DeviceSpec] = {}
-    for a in answers:
-        for m in a.mounts:
-            assert mounts.setdefault(m.container_path, m) == m, f"conflicting mounts at {m.container_path}"
-        for d in a.devices:
-            assert devices.setdefault(d.container_path, d) == d, f"conflicting devices at {d.container_path}"
-        for k, v in a.envs.items():
-            assert out.envs.setdefault(k, v) == v, f"conflicting env {k}"
-    out.mounts.extend(mounts.values())
-    out.devices.extend(devices.values())
-    return out
 
 
 def pod_argv(alloc: api_pb2.ContainerAllocateResponse, argv: list[str]) -> list[str]:

@@ -168,6 +168,16 @@ def _fast_level(lv: Any, version: int) -> TcbLevel:
     return TcbLevel(svns, pcesvn, _fast_date(lv.get("tcbDate")), status, tuple(adv))
 
 
+def _fast_qe_level(lv: Any) -> QeTcbLevel:
+    tcb = lv.get("tcb") if type(lv) is dict else None
+    isvsvn = tcb.get("isvsvn") if type(tcb) is dict else None
+    status, adv = lv.get("tcbStatus"), lv.get("advisoryIDs", [])
+    if (type(isvsvn) is not int or not 0 <= isvsvn <= 65535 or status not in _STATUS_SET or type(adv) is not list
+            or not set(map(type, adv)) <= _STR):
+        raise _Slow
+    return QeTcbLevel(isvsvn, _fast_date(lv.get("tcbDate")), status, tuple(adv))
+
+
 def _strict_level(lv: _Fields, version: int) -> TcbLevel:
     tcb = lv.sub("tcb")
     if version == 3:
@@ -272,11 +282,15 @@ class QeIdentity:
         if version != 2 or ident != "QE":
             raise VerificationError(ErrorCode.QE_IDENTITY_UNSUPPORTED, f"enclave identity {ident!r} v{version}: need "
                                     "the SGX QE identity, version 2", {"id": ident, "version": version})
-        levels = []
-        for i, _ in enumerate(f.list("tcbLevels")):
-            lv = f.sub("tcbLevels", i)
-            levels.append(QeTcbLevel(lv.sub("tcb").int("isvsvn", 0, 65535), lv.date("tcbDate"),
-                                     lv.status("tcbStatus"), lv.advisories()))
+        raw_levels = f.list("tcbLevels")
+        try:
+            levels = [_fast_qe_level(lv) for lv in raw_levels]
+        except _Slow:
+            levels = []
+            for i in range(len(raw_levels)):
+                lv = f.sub("tcbLevels", i)
+                levels.append(QeTcbLevel(lv.sub("tcb").int("isvsvn", 0, 65535), lv.date("tcbDate"),
+                                         lv.status("tcbStatus"), lv.advisories()))
         levels.sort(key=lambda lv: lv.isvsvn, reverse=True)
         return cls(ident, version, f.date("issueDate"), f.date("nextUpdate"), f.int("tcbEvaluationDataNumber"),
                    int.from_bytes(f.hex("miscselect", 4), "little"),  # hex in report byte order

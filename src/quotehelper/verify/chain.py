@@ -51,9 +51,6 @@ class Window:
             self.not_after = end
 
 
-_DER = serialization.Encoding.DER
-
-
 def _key_id(key: ec.EllipticCurvePublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
 
@@ -65,9 +62,9 @@ class ChainChecker:
     check_revocation: bool = True
     window: Window = field(default_factory=Window)
     # Shared between the checkers of one cached collateral: verified signatures, CRLs by issuer key.
-    verified: set[tuple[bytes, bytes, int]] = field(default_factory=set)  # (cert DER, issuer DER, position)
+    verified: set[tuple[x509.Certificate, x509.Certificate, int]] = field(default_factory=set)  # (cert, issuer, pos)
     crls: dict[bytes, x509.CertificateRevocationList] = field(default_factory=dict)  # by issuer key
-    key_ids: dict[bytes, bytes] = field(default_factory=dict)  # issuer DER -> key
+    key_ids: dict[x509.Certificate, bytes] = field(default_factory=dict)  # issuer -> its key
 
     # ---- CRLs ---------------------------------------------------------------------------------
     def add_crl(self, der: bytes, issuer: x509.Certificate | TrustAnchor, name: str) -> x509.CertificateRevocationList:
@@ -119,12 +116,13 @@ class ChainChecker:
                                     {"chain": name}, kind)
         self._check_validity(anchor.cert, name, kind, len(chain))
         issuers = chain[1:] + [anchor.cert]
-        ders = [c.public_bytes(_DER) for c in chain] + [anchor.der]  # memo keys (bytes cache their hash)
+        # Memo keys are the certificate objects: they hash and compare by DER inside cryptography (cheap),
+        # whereas asking for the DER bytes (public_bytes) costs more than a signature check's bookkeeping.
         for i, (cert, issuer) in enumerate(zip(chain, issuers, strict=True)):
             self._check_validity(cert, name, kind, i)
-            memo = (ders[i], ders[i + 1], i)
+            memo = (cert, issuer, i)
             if memo not in self.verified:  # each (certificate, issuer, position) is checked once
-                sig_memo = (ders[i], ders[i + 1], -1)
+                sig_memo = (cert, issuer, -1)
                 if sig_memo not in self.verified:  # the signature, at any position
                     self._check_signature(cert, issuer, name, kind, i)
                     self.verified.add(sig_memo)
@@ -136,7 +134,7 @@ class ChainChecker:
                         self._check_leaf(cert, name, kind)
                 self.verified.add(memo)
             if self.check_revocation:
-                self._check_revocation(cert, issuer, ders[i + 1], name, kind, i)
+                self._check_revocation(cert, issuer, name, kind, i)
         return chain[0]
 
     def _err(self, code: ErrorCode, msg: str, kind: Kind, name: str, i: int, cert: x509.Certificate,
@@ -196,13 +194,13 @@ class ChainChecker:
         except x509.ExtensionNotFound:
             pass
 
-    def _check_revocation(self, cert: x509.Certificate, issuer: x509.Certificate, issuer_der: bytes, name: str,
-                          kind: Kind, i: int) -> None:
-        key_id = self.key_ids.get(issuer_der)
+    def _check_revocation(self, cert: x509.Certificate, issuer: x509.Certificate, name: str, kind: Kind,
+                          i: int) -> None:
+        key_id = self.key_ids.get(issuer)
         if key_id is None:
             key = issuer.public_key()
             assert isinstance(key, ec.EllipticCurvePublicKey)
-            key_id = self.key_ids[issuer_der] = _key_id(key)
+            key_id = self.key_ids[issuer] = _key_id(key)
         crl = self.crls.get(key_id)
         if crl is None:
             raise self._err(ErrorCode.CRL_MISSING, f"no CRL from {cn(issuer)}: revocation status unknown",

@@ -71,8 +71,8 @@ class VerifiedCollateral:
     qe_identity: QeIdentity
     window: Window
     oldest_issue: datetime
-    verified: set[tuple[bytes, bytes, int]] = field(default_factory=set)
-    key_ids: dict[bytes, bytes] = field(default_factory=dict)
+    verified: set[tuple[x509.Certificate, x509.Certificate, int]] = field(default_factory=set)
+    key_ids: dict[x509.Certificate, bytes] = field(default_factory=dict)
     crls: dict[Any, x509.CertificateRevocationList] = field(default_factory=dict)
 
 

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from quotehelper.aesm import client as aesm_client
-from quotehelper.aesm.handlers import Dispatcher
-from quotehelper.aesm.server import AesmResponder, AesmServer
-from quotehelper.aesm.workers import EngineSpec, WorkerPool
+from quotehelper.aesm.service import QuoteService
+from quotehelper.aesm.workers import EngineSpec, ServeConfig, WorkerSupervisor
 from quotehelper.platform.sim import SimPlatform
 
 
@@ -35,31 +34,35 @@ def engine_spec(plat: SimPlatform) -> EngineSpec:
 
 
 class ThreadedService:
-    """The real server and worker pool, on an event loop in a background thread (signals stay with pytest)."""
+    """The real service (socket owner + supervised worker processes) with its supervisor on an event loop
+    in a background thread, so signals stay with pytest."""
 
-    def __init__(self, sock: str, plat: SimPlatform, *, workers: int = 2, queue_limit: int | None = None,
-                 read_timeout: float = 1.0, mode: int = 0o666, max_frame: int | None = None) -> None:
+    def __init__(self, sock: str, plat: SimPlatform, *, workers: int = 2, queue_limit: int = 64,
+                 read_timeout: float = 1.0, mode: int = 0o666) -> None:
         self.sock = sock
-        self.pool = WorkerPool(engine_spec(plat), workers=workers, queue_limit=queue_limit)
-        self.responder = AesmResponder(Dispatcher(plat.engine().supported_att_key_ids()), self.pool)
-        kw = {} if max_frame is None else {"max_frame": max_frame}
-        self.server = AesmServer(sock, self.responder, read_timeout=read_timeout, mode=mode, **kw)
+        self.service = QuoteService(sock, engine_spec(plat), mode=mode, workers=workers,
+                                    config=ServeConfig(read_timeout=read_timeout, queue_limit=queue_limit,
+                                                       memo=True))
+        self.read_timeout = read_timeout
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None
 
+    @property
+    def supervisor(self) -> WorkerSupervisor:
+        assert self.service.supervisor is not None
+        return self.service.supervisor
+
     def _run(self) -> None:
         async def main() -> None:
             self.loop = asyncio.get_running_loop()
-            await self.pool.start()
+            await self.service.start()
             try:
-                await self.server.start()
                 self._ready.set()
-                await self.server.wait_stopped()
-                await self.server.stop()
+                await self.service._stop.wait()
             finally:
-                await self.pool.close()
+                await self.service.stop()
 
         try:
             asyncio.run(main())
@@ -76,8 +79,8 @@ class ThreadedService:
 
     def stop(self) -> None:
         if self.loop is not None and self._thread.is_alive():
-            self.loop.call_soon_threadsafe(self.server.request_stop)
-        self._thread.join(30)
+            self.loop.call_soon_threadsafe(self.service.request_stop)
+        self._thread.join(60)
 
 
 @pytest.fixture(scope="module")

@@ -31,17 +31,26 @@ def test_sigterm_drains_in_flight_requests(platform: SimPlatform, tmp_path: Path
         req.getQuoteExReq.buf_size = 8192
         frame = encode_frame(req.SerializeToString())
         conns = []
-        for _ in range(150):
+        for _ in range(150):  # complete requests, many still queued in the kernel or the worker
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.settimeout(30)
             s.connect(sock)
             s.sendall(frame)
             conns.append(s)
-        time.sleep(0.05)  # accepted and read; most still queued behind the single worker
+        halves = []
+        for _ in range(20):  # requests in flight: half a frame sent when SIGTERM arrives
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(30)
+            s.connect(sock)
+            s.sendall(frame[:300])
+            halves.append(s)
         svc.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-        time.sleep(0.05)
+        time.sleep(0.2)
         assert not os.path.exists(sock)  # stops accepting at once: the socket is gone
-        for s in conns:  # ... but every request already in gets its full reply
+        assert svc.proc.poll() is None  # ... but keeps serving what it has
+        for s in halves:
+            s.sendall(frame[300:])
+        for s in conns + halves:  # every request already in gets its full reply
             res = pb.Response.FromString(recv_frame(s))
             assert res.getQuoteExRes.errorCode == 0 and len(res.getQuoteExRes.quote) == 8192
             s.close()

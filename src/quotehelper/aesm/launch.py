@@ -16,22 +16,35 @@ from pathlib import Path
 
 from quotehelper.errors import QuoteHelperError
 
+# GetSupportedAttKeyIDNum exactly as libsgx_quote_ex sends it: the cheapest real request.
+_PROBE = bytes.fromhex("06000000 aa01 03 48 9875")
 
-def wait_for_socket(path: str, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
-    """Returns once something accepts connections on `path`."""
+
+def wait_for_socket(path: str, timeout: float = 20.0, proc: subprocess.Popen | None = None,
+                    probe: bytes | None = _PROBE) -> None:
+    """Returns once the server on `path` answers `probe` (or, with probe None, accepts connections).
+
+    Connectable is not ready: the socket listens before the workers have opened their engines.
+    """
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc is not None and proc.poll() is not None:
             raise QuoteHelperError(f"the service exited with code {proc.returncode} before listening")
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(max(0.1, end - time.monotonic()))
         try:
             s.connect(path)
-            return
+            if probe is None:
+                return
+            s.sendall(probe)
+            if len(s.recv(64)) > 4:
+                return
         except OSError:
-            time.sleep(0.02)
+            pass
         finally:
             s.close()
-    raise QuoteHelperError(f"nothing listening on {path} after {timeout:.0f}s")
+        time.sleep(0.02)
+    raise QuoteHelperError(f"nothing answering on {path} after {timeout:.0f}s")
 
 
 class ServiceProcess:

@@ -1,44 +1,49 @@
-"""The quote service's transport: an asyncio Unix-socket server speaking AESM framing.
+"""The quote service's transport: AESM framing over a Unix stream socket, asyncio, one request per
+connection (AESM closes after replying).
 
-One request per connection (AESM closes after replying). Robustness beyond AESM (§1.3, §8.4):
+Robustness beyond AESM (§1.3, §8.4):
 - a frame above MAX_FRAME, an unparseable payload, or a request AESM would not answer closes the
-  connection unanswered; a client that stalls gets dropped at its read deadline; a client that never
-  reads its reply is dropped at the write deadline. None of this touches other connections.
-- the socket is bound under a temporary name, chmod-ed, then renamed over the final path (atomic);
-  a flock on `<path>.lock` plus a connect probe make sure a live server (ours or aesmd) is never
+  connection unanswered; a client that stalls is dropped at its read deadline, one that never reads its
+  reply at the write deadline. None of this touches other connections.
+- `bind_atomically`: the socket is bound under a temporary name, chmod-ed, then renamed over the final
+  path; a flock on `<path>.lock` plus a connect probe make sure a live server (ours or aesmd) is never
   replaced, while a stale socket file is.
-- SIGTERM/SIGINT: stop accepting, let in-flight requests finish (bounded), unlink our socket (only if
-  the path still names our socket), stop the workers.
+- `AesmServer.stop()`: stop accepting, answer what the kernel already queued, let in-flight requests
+  finish (bounded), abort the rest.
 
-Responders are plain callables so the benchmark's echo baseline runs on this very transport.
+`AesmServer` serves on an already listening socket, so several worker processes can share one
+(workers.py); responders are plain callables, so the benchmark's echo baseline runs on this very
+transport.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import errno
 import fcntl
 import logging
 import os
-import signal
 import socket
 import stat
 import struct
 from collections.abc import Callable
 from pathlib import Path
 
+from quotehelper.aesm import messages_pb2 as pb
 from quotehelper.aesm.codes import AesmError
 from quotehelper.aesm.framing import MAX_FRAME, encode_frame
 from quotehelper.aesm.handlers import (
     GET_QUOTE_EX,
+    GET_QUOTE_SIZE_EX,
+    INIT_QUOTE_EX,
     BadFrame,
     Dispatcher,
     EngineCall,
     parse_request,
     run_engine_call,
 )
-from quotehelper.aesm.workers import PoolBusy, WorkerPool, failure_response
 from quotehelper.errors import QuoteHelperError
 from quotehelper.platform.engine import QuotingEngine
 
@@ -61,24 +66,31 @@ class SocketInUse(QuoteHelperError):
 # --- responders ---------------------------------------------------------------------------------------
 
 class AesmResponder:
-    """payload -> reply: inline answers on the event loop, engine calls through the worker pool.
+    """payload -> reply, in the process that holds the engine.
 
-    `inline_engine` (optional) is an engine opened in this process for the calls that are cheap once the
-    attestation key exists (InitQuoteEx, GetQuoteSizeEx: in-memory lookups in the software platform), so
-    a quote costs one process hop instead of three. Its successful answers are memoised per request
-    payload: the software QE keeps its attestation key in memory for the life of the process, so these
-    answers cannot change while this process runs (errors are never memoised). Leave it None for engines
-    whose calls may block or change (DCAP loads enclaves, re-certifies keys): all calls go to the workers.
+    Calls that need no engine (key-id catalogue, SelectAttKeyID, the InitQuoteEx probe, legacy calls,
+    anything failing AESM's own checks) are answered at once, so they never wait behind quotes. Engine
+    calls join a bounded FIFO drained a few at a time per event-loop iteration (so accepts and cheap
+    calls interleave with quoting); when the FIFO is full the answer is AESM_BUSY, so memory stays bounded.
+
+    Successful InitQuoteEx/GetQuoteSizeEx answers are memoised per request payload when `memo` is set:
+    right for engines that keep their attestation key for the life of the process (the software QE),
+    wrong for ones that may re-certify it (leave `memo` off for DCAP).
     """
 
-    MEMO_LIMIT = 64  # distinct payloads differ only in key id and timeout fields; bounded anyway
+    MEMO_LIMIT = 64  # payloads differ only in key id and timeout; bounded anyway
+    BATCH = 8  # engine calls per event-loop iteration
 
-    def __init__(self, dispatcher: Dispatcher, pool: WorkerPool, inline_engine: QuotingEngine | None = None) -> None:
+    def __init__(self, dispatcher: Dispatcher, engine: QuotingEngine, *, queue_limit: int = 64,
+                 memo: bool = False) -> None:
         self.dispatcher = dispatcher
-        self.pool = pool
-        self.inline_engine = inline_engine
+        self.engine = engine
+        self.queue_limit = queue_limit
+        self.memo = memo
         self.busy_replies = 0
         self._memo: dict[tuple[int, bytes], bytes] = {}
+        self._queue: collections.deque[tuple[EngineCall, asyncio.Future[bytes]]] = collections.deque()
+        self._scheduled = False
 
     def __call__(self, payload: bytes) -> Reply:
         try:
@@ -90,33 +102,52 @@ class AesmResponder:
             return None
         if not isinstance(out, EngineCall):
             return encode_frame(out.SerializeToString())
-        if self.inline_engine is not None and out.tag != GET_QUOTE_EX:
-            return self._inline_call(out, self.inline_engine)
-        try:
-            fut = self.pool.submit_nowait(out)
-        except PoolBusy:
+        if self.memo and out.tag != GET_QUOTE_EX:
+            hit = self._memo.get((out.tag, out.payload))
+            if hit is not None:
+                return hit
+        if len(self._queue) >= self.queue_limit:
             self.busy_replies += 1
             return encode_frame(failure_response(out.tag, AesmError.BUSY))
-        done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bytes] = loop.create_future()
+        self._queue.append((out, fut))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._drain)
+        return fut
 
-        def _finish(f: asyncio.Future[bytes]) -> None:
-            if not done.done():
-                done.set_result(encode_frame(f.result()))
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
 
-        fut.add_done_callback(_finish)
-        return done
-
-
-    def _inline_call(self, call: EngineCall, engine: QuotingEngine) -> bytes:
-        key = (call.tag, call.payload)
-        frame = self._memo.get(key)
-        if frame is None:
-            res = run_engine_call(engine, call)
+    def _drain(self) -> None:
+        for _ in range(min(self.BATCH, len(self._queue))):
+            call, fut = self._queue.popleft()
+            if fut.done():  # the client went away meanwhile
+                continue
+            res = run_engine_call(self.engine, call)
             frame = encode_frame(res.SerializeToString())
-            (_, sub), = res.ListFields()
-            if sub.errorCode == AesmError.SUCCESS and len(self._memo) < self.MEMO_LIMIT:
-                self._memo[key] = frame
-        return frame
+            if self.memo and call.tag != GET_QUOTE_EX and len(self._memo) < self.MEMO_LIMIT:
+                (_, sub), = res.ListFields()
+                if sub.errorCode == AesmError.SUCCESS:
+                    self._memo[(call.tag, call.payload)] = frame
+            fut.set_result(frame)
+        if self._queue:
+            asyncio.get_running_loop().call_soon(self._drain)  # let I/O in before the next batch
+        else:
+            self._scheduled = False
+
+
+def failure_response(tag: int, code: int) -> bytes:
+    """A serialized Response carrying only errorCode in the sub-message matching `tag`."""
+    res = pb.Response()
+    getattr(res, _RESPONSE_FIELD[tag]).errorCode = int(code)
+    return res.SerializeToString()
+
+
+_RESPONSE_FIELD = {INIT_QUOTE_EX: "initQuoteExRes", GET_QUOTE_SIZE_EX: "getQuoteSizeExRes",
+                   GET_QUOTE_EX: "getQuoteExRes"}
 
 
 def echo_responder(payload: bytes) -> Reply:
@@ -285,29 +316,48 @@ def bind_atomically(path: str, mode: int, backlog: int) -> tuple[socket.socket, 
         raise
 
 
-class AesmServer:
-    """Serves `responder` on a Unix socket until stopped."""
+class ServiceSocket:
+    """The listening socket at `path`, owned for the life of the service (see bind_atomically)."""
 
-    def __init__(self, socket_path: str | Path, responder: Responder, *, mode: int = DEFAULT_SOCKET_MODE,
-                 read_timeout: float = 5.0, write_timeout: float = 15.0, max_frame: int = MAX_FRAME,
-                 max_connections: int = 4096, backlog: int = 1024, drain_timeout: float = 20.0) -> None:
-        self.socket_path = str(socket_path)
-        self.responder = responder
+    def __init__(self, path: str | Path, mode: int = DEFAULT_SOCKET_MODE, backlog: int = 1024) -> None:
+        self.path = str(path)
         self.mode = mode
+        self.sock, self._lock_fd, self._ino = bind_atomically(self.path, mode, backlog)
+
+    def unlink(self) -> None:
+        """Removes the path if it still names our socket (a successor may have replaced it)."""
+        with contextlib.suppress(FileNotFoundError):
+            if os.stat(self.path).st_ino == self._ino:
+                os.unlink(self.path)
+
+    def close(self) -> None:
+        self.unlink()
+        self.sock.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+
+class AesmServer:
+    """Serves `responder` on an already listening socket (several processes may share it)."""
+
+    def __init__(self, sock: socket.socket, responder: Responder, *, read_timeout: float = 5.0,
+                 write_timeout: float = 15.0, max_frame: int = MAX_FRAME, max_connections: int = 4096,
+                 drain_timeout: float = 20.0, backlog: int = 1024) -> None:
+        self.sock = sock
+        self.backlog = backlog
+        self.responder = responder
         self.read_timeout = read_timeout
         self.write_timeout = write_timeout
         self.max_frame = max_frame
         self.max_connections = max_connections
-        self.backlog = backlog
         self.drain_timeout = drain_timeout
         self.connections: set[_Connection] = set()
         self.idle: asyncio.Event | None = None
         self.stats: dict[str, int] = {k: 0 for k in (
             "requests", "oversized", "truncated", "closed_unanswered", "read_timeouts", "write_timeouts",
-            "rejected")}
+            "rejected", "backlog_drained")}
         self._server: asyncio.AbstractServer | None = None
-        self._lock_fd = -1
-        self._ino = 0
         self._stopping: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
@@ -315,10 +365,12 @@ class AesmServer:
         self.loop = asyncio.get_running_loop()
         self.idle = asyncio.Event()
         self._stopping = asyncio.Event()
-        sock, self._lock_fd, self._ino = bind_atomically(self.socket_path, self.mode, self.backlog)
-        self._server = await self.loop.create_unix_server(lambda: _Connection(self), sock=sock,
+        # asyncio closes the socket it serves on; keep our own descriptor to drain the backlog at stop.
+        self._accept_sock = socket.socket(fileno=os.dup(self.sock.fileno()))
+        self._accept_sock.setblocking(False)
+        # asyncio re-runs listen() on the socket: pass the real backlog, or it silently drops to 100.
+        self._server = await self.loop.create_unix_server(lambda: _Connection(self), sock=self.sock.dup(),
                                                           backlog=self.backlog)
-        log.info("serving AESM protocol on %s (mode %o)", self.socket_path, self.mode)
 
     def request_stop(self) -> None:
         if self._stopping is not None:
@@ -329,11 +381,20 @@ class AesmServer:
         await self._stopping.wait()
 
     async def stop(self) -> None:
-        """Stop accepting, drain in-flight requests, remove our socket file."""
+        """Stop accepting, serve what is already in the backlog, drain open connections (bounded)."""
         if self._server is None:
             return
-        self._server.close()  # no new connections from here on
-        self._unlink_socket()
+        self._server.close()
+        # Connections the kernel already queued for us would be reset when the listener closes; with the
+        # path unlinked by the owner no new ones can arrive, so take them in and answer them.
+        while True:
+            try:
+                conn, _ = self._accept_sock.accept()
+            except (BlockingIOError, InterruptedError, OSError):
+                break
+            self.stats["backlog_drained"] += 1
+            await self.loop.connect_accepted_socket(lambda: _Connection(self), conn)
+        self._accept_sock.close()
         if self.connections:
             self.idle.clear()  # type: ignore[union-attr]
             with contextlib.suppress(TimeoutError):
@@ -343,34 +404,3 @@ class AesmServer:
                 c.transport.abort()
         await self._server.wait_closed()
         self._server = None
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
-
-    def _unlink_socket(self) -> None:
-        # Only remove the path if it is still our socket (a successor may have replaced it).
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(self.socket_path).st_ino == self._ino:
-                os.unlink(self.socket_path)
-
-
-async def run_service(server: AesmServer, pool: WorkerPool | None = None,
-                      ready: Callable[[], None] | None = None) -> None:
-    """Starts workers and server, runs until SIGTERM/SIGINT, then drains and stops both."""
-    loop = asyncio.get_running_loop()
-    if pool is not None:
-        await pool.start()
-    try:
-        await server.start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, server.request_stop)
-        if ready is not None:
-            ready()
-        await server.wait_stopped()
-        log.info("stopping: draining %d connection(s)", len(server.connections))
-        await server.stop()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-        if pool is not None:
-            await pool.close()

@@ -1,22 +1,23 @@
-"""Quoting on all cores: a pool of worker processes, each holding its own engine, fed by the server.
+"""Quoting on all cores: N serving processes that share one listening socket, under a supervisor.
 
-AESM runs every quote request on one thread. Here each worker process opens the engine once
-(`engine_factory()`, e.g. SimPlatform.open(dir).engine(); the platform's sealed attestation key on disk
-is the shared state) and executes engine calls sent to it over a socketpair, with the service's own
-framing: 1 tag byte (the Request field number) + the serialized sub-message; the reply is a serialized
-Response. A worker answers strictly in order, so the parent matches replies to a FIFO of futures, and
-several requests may be in flight to one worker (pipelining); a worker drains every complete frame it
-has received before replying, and sends the replies in one write (batching the process hop).
+AESM runs every quote request on one worker thread. Here each worker process opens the engine once
+(e.g. `SimPlatform.open(dir).engine()`; the platform's sealed attestation key on disk is the shared
+state), and accepts connections itself on the listening socket it inherited, so a request is read,
+answered and quoted in one process: no hop between processes (measured first: with one acceptor and a
+process hop per quote, the acceptor's event loop was the bottleneck, the hop cost as much as the ECDSA
+work, and the quoting workers idled). The kernel spreads connections over the processes blocked in accept.
 
-Backpressure: at most `queue_limit` engine calls are admitted at once across the pool; beyond that
-`submit` raises `PoolBusy` and the server answers AESM_BUSY (18). Memory stays bounded by that limit.
-A worker that dies is replaced; the calls it held get one more try (engine calls are idempotent).
+Backpressure lives in each worker (`AesmResponder`): engine calls queue in a bounded FIFO, answered
+AESM_BUSY when it is full; calls that need no engine skip the queue.
+
+The supervisor (`WorkerSupervisor`) starts the workers, replaces one that dies, and on shutdown sends
+SIGTERM: a worker then stops accepting, answers what the kernel already queued for it and the requests
+in flight, and exits. A worker whose supervisor disappears stops the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import importlib
 import json
@@ -24,33 +25,24 @@ import logging
 import os
 import signal
 import socket
-import struct
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
-from quotehelper.aesm import messages_pb2 as pb
-from quotehelper.aesm.codes import AesmError
-from quotehelper.aesm.framing import MAX_FRAME, FrameError, encode_frame
-from quotehelper.aesm.handlers import (
-    GET_QUOTE_EX,
-    GET_QUOTE_SIZE_EX,
-    INIT_QUOTE_EX,
-    EngineCall,
-    run_engine_call,
-)
+from quotehelper.aesm.framing import MAX_FRAME
+from quotehelper.aesm.handlers import Dispatcher
+from quotehelper.aesm.server import AesmResponder, AesmServer
 from quotehelper.errors import QuoteHelperError
 from quotehelper.platform.engine import QuotingEngine
 
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class EngineSpec:
-    """A picklable recipe for opening an engine in a worker process, named by import path so this layer
-    does not depend on any particular engine: `target` is "module:qualname", called with `args`, then
-    the method `then` (if any) is called on the result. Examples:
+    """A recipe for opening an engine in a worker process, named by import path so this layer does not
+    depend on any particular engine: `target` is "module:qualname", called with `args`, then the method
+    `then` (if any) is called on the result. Examples:
     EngineSpec("quotehelper.platform.sim:SimPlatform.open", ("/path",), then="engine") and
     EngineSpec("quotehelper.platform.dcap_ql:DcapQlEngine").
     """
@@ -66,100 +58,71 @@ class EngineSpec:
             obj = getattr(obj, part)
         result = obj(*self.args)  # type: ignore[operator]
         return getattr(result, self.then)() if self.then else result  # type: ignore[no-any-return]
-_LEN = struct.Struct("<I")
-_RESPONSE_FIELD = {INIT_QUOTE_EX: "initQuoteExRes", GET_QUOTE_SIZE_EX: "getQuoteSizeExRes",
-                   GET_QUOTE_EX: "getQuoteExRes"}
 
 
-class PoolBusy(QuoteHelperError):
-    """Every slot of the bounded queue is taken: answer AESM_BUSY."""
+@dataclass(frozen=True)
+class ServeConfig:
+    """Per-worker serving limits (see AesmServer and AesmResponder)."""
 
-
-def failure_response(tag: int, code: int) -> bytes:
-    """A serialized Response carrying only errorCode in the sub-message matching `tag`."""
-    res = pb.Response()
-    getattr(res, _RESPONSE_FIELD[tag]).errorCode = int(code)
-    return res.SerializeToString()
+    read_timeout: float = 5.0
+    write_timeout: float = 15.0
+    max_frame: int = MAX_FRAME
+    max_connections: int = 4096
+    queue_limit: int = 64
+    drain_timeout: float = 20.0
+    memo: bool = False
 
 
 # --- worker process side ------------------------------------------------------------------------------
 
-def _split_frames(buf: bytearray) -> list[bytes]:
-    """Removes and returns every complete frame at the head of `buf`."""
-    frames = []
-    pos = 0
-    while len(buf) - pos >= 4:
-        (n,) = _LEN.unpack_from(buf, pos)
-        if n > MAX_FRAME:
-            raise FrameError(f"worker frame of {n} bytes")
-        if len(buf) - pos - 4 < n:
-            break
-        frames.append(bytes(buf[pos + 4: pos + 4 + n]))
-        pos += 4 + n
-    del buf[:pos]
-    return frames
+async def _serve(listen: socket.socket, status: socket.socket, engine: QuotingEngine, cfg: ServeConfig) -> None:
+    responder = AesmResponder(Dispatcher(engine.supported_att_key_ids()), engine,
+                              queue_limit=cfg.queue_limit, memo=cfg.memo)
+    server = AesmServer(listen, responder, read_timeout=cfg.read_timeout, write_timeout=cfg.write_timeout,
+                        max_frame=cfg.max_frame, max_connections=cfg.max_connections,
+                        drain_timeout=cfg.drain_timeout)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, server.request_stop)
+    status.setblocking(False)
+    loop.add_reader(status.fileno(), server.request_stop)  # EOF: the supervisor is gone
+    status.send(b"R")
+    await server.wait_stopped()
+    loop.remove_reader(status.fileno())
+    await server.stop()
 
 
-def worker_main(sock: socket.socket, engine_factory: Callable[[], QuotingEngine]) -> None:
-    """Entry point of a worker process: open the engine once, then serve engine calls until EOF."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when workers stop
-    engine = engine_factory()
-    sock.sendall(b"R")  # ready: the engine is open (slow start-up stays out of request latency)
-    buf = bytearray()
-    while True:
-        chunk = sock.recv(1 << 16)
-        if not chunk:
-            return
-        buf += chunk
-        out = []
-        for frame in _split_frames(buf):
-            call = EngineCall(frame[0], frame[1:])
-            out.append(encode_frame(run_engine_call(engine, call).SerializeToString()))
-        if out:
-            sock.sendall(b"".join(out))
+def worker_main(listen_fd: int, status_fd: int, spec: EngineSpec, cfg: ServeConfig) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop
+    listen = socket.socket(fileno=listen_fd)
+    status = socket.socket(fileno=status_fd)
+    engine = spec()
+    asyncio.run(_serve(listen, status, engine, cfg))
 
 
-# --- parent side --------------------------------------------------------------------------------------
-
-@dataclass
-class _Job:
-    call: EngineCall
-    fut: asyncio.Future[bytes]  # the serialized Response, ready to frame
-    attempts: int = 0
-
-    def answer(self, code: int) -> None:
-        if not self.fut.done():
-            self.fut.set_result(failure_response(self.call.tag, code))
-
+# --- supervisor side ----------------------------------------------------------------------------------
 
 @dataclass
 class _Worker:
     index: int
     process: asyncio.subprocess.Process
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
-    pending: collections.deque[_Job] = field(default_factory=collections.deque)
-    pump: asyncio.Task[None] | None = None
-    outbox: list[bytes] = field(default_factory=list)  # frames queued in this loop iteration
+    status: socket.socket
+    watcher: asyncio.Task[None] | None = field(default=None)
 
 
-class WorkerPool:
-    """N engine worker processes behind one bounded queue."""
+class WorkerSupervisor:
+    """Runs `workers` serving processes on `listen` and keeps that many alive until stopped."""
 
-    def __init__(self, engine_factory: EngineSpec, workers: int | None = None,
-                 queue_limit: int | None = None) -> None:
-        self.engine_factory = engine_factory
+    def __init__(self, spec: EngineSpec, listen: socket.socket, workers: int | None = None,
+                 config: ServeConfig | None = None, on_exit: Callable[[int, int], None] | None = None) -> None:
+        self.spec = spec
+        self.listen = listen
         self.size = max(1, workers or os.cpu_count() or 1)
-        self.queue_limit = queue_limit if queue_limit is not None else 64 * self.size
+        self.config = config or ServeConfig()
         self._workers: list[_Worker | None] = [None] * self.size
-        self._in_flight = 0
-        self._parked: list[_Job] = []
         self._closing = False
         self.restarts = 0
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
+        self.on_exit = on_exit
 
     def pids(self) -> list[int]:
         return [w.process.pid for w in self._workers if w is not None]
@@ -168,138 +131,75 @@ class WorkerPool:
         await asyncio.gather(*(self._spawn(i) for i in range(self.size)))
 
     async def _spawn(self, index: int) -> None:
-        # A fresh interpreter (`python -m quotehelper.aesm.workers`), not fork/multiprocessing: no copied
-        # event loop or locks, no re-import of the caller's __main__, and a small resident set.
+        # A fresh interpreter (`python -m quotehelper.aesm.workers`), not fork: no copied event loop or
+        # locks, no re-import of the caller's __main__.
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        spec = json.dumps({"target": self.engine_factory.target, "args": list(self.engine_factory.args),
-                           "then": self.engine_factory.then})
+        args = json.dumps({"target": self.spec.target, "args": list(self.spec.args), "then": self.spec.then,
+                           "config": asdict(self.config)})
+        fds = (self.listen.fileno(), child.fileno())
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "quotehelper.aesm.workers", str(child.fileno()), spec,
-                pass_fds=(child.fileno(),), stdin=asyncio.subprocess.DEVNULL)
+                sys.executable, "-m", "quotehelper.aesm.workers", str(fds[0]), str(fds[1]), args,
+                pass_fds=fds, stdin=asyncio.subprocess.DEVNULL)
         finally:
             child.close()
-        reader, writer = await asyncio.open_unix_connection(sock=parent, limit=MAX_FRAME + 4)
+        loop = asyncio.get_running_loop()
         try:
-            ready = await reader.readexactly(1)
-        except asyncio.IncompleteReadError as e:
-            writer.close()
-            code = await proc.wait()
-            raise QuoteHelperError(f"quoting worker {index} failed to open its engine (exit code {code})") from e
+            ready = await loop.sock_recv(parent, 1)
+        except OSError:
+            ready = b""
         if ready != b"R":
-            raise QuoteHelperError(f"quoting worker {index} sent {ready!r} instead of ready")
-        w = _Worker(index, proc, reader, writer)
-        w.pump = asyncio.create_task(self._pump(w), name=f"worker-pump-{index}")
+            parent.close()
+            code = await proc.wait()
+            raise QuoteHelperError(f"quoting worker {index} failed to start (exit code {code})")
+        w = _Worker(index, proc, parent)
+        w.watcher = asyncio.create_task(self._watch(w), name=f"worker-watch-{index}")
         self._workers[index] = w
 
-    async def _pump(self, w: _Worker) -> None:
-        """Matches the worker's in-order replies to the jobs waiting for them."""
-        buf = bytearray()
-        try:
-            while True:
-                chunk = await w.reader.read(1 << 16)
-                if not chunk:
-                    raise ConnectionError("worker closed its socket")
-                buf += chunk
-                for payload in _split_frames(buf):  # every reply that arrived, in one wake-up
-                    job = w.pending.popleft()
-                    if not job.fut.done():
-                        job.fut.set_result(payload)  # relayed as is: no parse/re-serialize in the parent
-        except (FrameError, ConnectionError, IndexError) as e:
-            if not self._closing:
-                log.error("quoting worker %d (pid %s) went away: %s", w.index, w.process.pid, e)
-        finally:
-            orphans = list(w.pending)
-            w.pending.clear()
-            w.writer.close()
-            if self._closing or self._workers[w.index] is not w:
-                for job in orphans:
-                    job.answer(AesmError.SERVICE_UNAVAILABLE)
-            else:
-                # Engine calls are idempotent: give each orphan one more try on a live worker (or on the
-                # replacement); a call that kills two workers is answered AESM_UNEXPECTED_ERROR.
-                self._workers[w.index] = None
-                self.restarts += 1
-                for job in orphans:
-                    if job.attempts >= 2:
-                        job.answer(AesmError.UNEXPECTED_ERROR)
-                    else:
-                        self._dispatch(job)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(w.process.wait(), 5)
-                try:
-                    await self._spawn(w.index)
-                except QuoteHelperError:
-                    log.exception("could not replace quoting worker %d", w.index)
-                parked, self._parked = self._parked, []
-                for job in parked:
-                    self._dispatch(job)
-
-    def _dispatch(self, job: _Job) -> None:
-        live = [w for w in self._workers if w is not None]
-        if not live:
-            if self._closing or len(self._parked) >= self.queue_limit:
-                job.answer(AesmError.SERVICE_UNAVAILABLE)
-            else:
-                self._parked.append(job)  # a replacement worker is starting
+    async def _watch(self, w: _Worker) -> None:
+        code = await w.process.wait()
+        w.status.close()
+        if self.on_exit is not None:
+            self.on_exit(w.process.pid, code)
+        if self._closing or self._workers[w.index] is not w:
             return
-        w = min(live, key=lambda x: len(x.pending))
-        job.attempts += 1
-        w.pending.append(job)
-        if not w.outbox:  # batch the hop: one write per worker per event-loop iteration
-            asyncio.get_running_loop().call_soon(self._flush, w)
-        w.outbox.append(encode_frame(bytes([job.call.tag]) + job.call.payload))
-
-    @staticmethod
-    def _flush(w: _Worker) -> None:
-        if w.outbox and not w.writer.is_closing():
-            w.writer.write(b"".join(w.outbox))
-        w.outbox.clear()
-
-    def submit_nowait(self, call: EngineCall) -> asyncio.Future[bytes]:
-        """Queues `call` on the least-loaded worker; PoolBusy when the bounded queue is full."""
-        if self._in_flight >= self.queue_limit:
-            raise PoolBusy(f"{self._in_flight} engine calls in flight (limit {self.queue_limit})")
-        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._in_flight += 1
-        fut.add_done_callback(self._release)
-        self._dispatch(_Job(call, fut))
-        return fut
-
-    def _release(self, _fut: asyncio.Future[bytes]) -> None:
-        self._in_flight -= 1
-
-    async def submit(self, call: EngineCall) -> bytes:
-        return await self.submit_nowait(call)
-
-    async def close(self) -> None:
-        """Stops every worker (after in-flight calls were answered by the server's drain)."""
-        self._closing = True
-        for w in self._workers:
-            if w is None:
-                continue
-            w.writer.close()  # EOF: the worker's loop returns
-        for w in self._workers:
-            if w is None:
-                continue
-            if w.pump is not None:
-                w.pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await w.pump
+        log.error("quoting worker %d (pid %d) exited with %d; replacing it", w.index, w.process.pid, code)
+        self._workers[w.index] = None
+        self.restarts += 1
+        delay = 0.05
+        while not self._closing:
             try:
-                await asyncio.wait_for(w.process.wait(), 5)
+                await self._spawn(w.index)
+                return
+            except QuoteHelperError:
+                log.exception("could not replace quoting worker %d", w.index)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def stop(self) -> None:
+        """SIGTERM every worker (each drains its connections), wait, kill stragglers."""
+        self._closing = True
+        live = [w for w in self._workers if w is not None]
+        for w in live:
+            with contextlib.suppress(ProcessLookupError):
+                w.process.send_signal(signal.SIGTERM)
+        for w in live:
+            try:
+                await asyncio.wait_for(w.process.wait(), self.config.drain_timeout + 5)
             except TimeoutError:
                 w.process.kill()
                 await w.process.wait()
+            if w.watcher is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await w.watcher
         self._workers = [None] * self.size
 
 
 def _main(argv: list[str]) -> None:
-    """`python -m quotehelper.aesm.workers FD SPEC_JSON` (started by WorkerPool, not by hand)."""
-    fd, spec = int(argv[0]), json.loads(argv[1])
-    sock = socket.socket(fileno=fd)
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the service went away
-        worker_main(sock, EngineSpec(spec["target"], tuple(spec["args"]), spec["then"]))
+    """`python -m quotehelper.aesm.workers LISTEN_FD STATUS_FD JSON` (started by WorkerSupervisor)."""
+    listen_fd, status_fd, spec = int(argv[0]), int(argv[1]), json.loads(argv[2])
+    cfg = ServeConfig(**spec["config"])
+    worker_main(listen_fd, status_fd, EngineSpec(spec["target"], tuple(spec["args"]), spec["then"]), cfg)
 
 
 if __name__ == "__main__":

@@ -15,16 +15,10 @@ from pathlib import Path
 import click
 
 from quotehelper.aesm.client import SgxError, provider_from_env
-from quotehelper.aesm.handlers import Dispatcher
 from quotehelper.aesm.launch import ServiceProcess
-from quotehelper.aesm.server import (
-    DEFAULT_SOCKET,
-    DEFAULT_SOCKET_MODE,
-    AesmResponder,
-    AesmServer,
-    run_service,
-)
-from quotehelper.aesm.workers import EngineSpec, WorkerPool
+from quotehelper.aesm.server import DEFAULT_SOCKET, DEFAULT_SOCKET_MODE
+from quotehelper.aesm.service import QuoteService
+from quotehelper.aesm.workers import EngineSpec, ServeConfig
 from quotehelper.cli import main
 from quotehelper.errors import QuoteHelperError
 from quotehelper.platform.sim import SimPlatform, default_platform_dir
@@ -56,7 +50,7 @@ def _octal(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
               help="Quoting worker processes [default: number of CPUs].")
 @click.option("--queue-limit", type=click.IntRange(1), default=None,
-              help="Engine calls admitted at once; beyond it clients get AESM_BUSY [default: 64 per worker].")
+              help="Engine calls queued per worker; beyond it clients get AESM_BUSY [default: 64].")
 @click.option("--socket-mode", default=f"{DEFAULT_SOCKET_MODE:o}", show_default=True, callback=_octal,
               help="Permissions of the socket file (octal). Anyone who can write it can get quotes.")
 @click.option("--read-timeout", type=click.FloatRange(0.01), default=5.0, show_default=True,
@@ -77,21 +71,21 @@ def serve_cmd(socket_path: str, platform_dir: Path | None, engine: str, workers:
     else:
         spec = EngineSpec("quotehelper.platform.dcap_ql:DcapQlEngine")
     try:
-        local_engine = spec()
-        ids = local_engine.supported_att_key_ids()  # the catalogue the inline calls answer from
+        spec().supported_att_key_ids()  # fail here, clearly, rather than in every worker
     except (QuoteHelperError, OSError) as e:
         raise click.ClickException(f"cannot open the {engine} engine: {e}") from e
-    pool = WorkerPool(spec, workers=workers, queue_limit=queue_limit)
-    # The software QE answers InitQuoteEx/GetQuoteSizeEx from memory: do those here, quotes on the workers.
-    responder = AesmResponder(Dispatcher(ids), pool, inline_engine=local_engine if engine == "sim" else None)
-    server = AesmServer(socket_path, responder, mode=socket_mode, read_timeout=read_timeout)
+    # The software QE keeps its attestation key for the process lifetime: InitQuoteEx/GetQuoteSizeEx
+    # answers can be memoised. DCAP may re-certify, so not there.
+    cfg = ServeConfig(read_timeout=read_timeout, queue_limit=queue_limit or 64, memo=engine == "sim")
+    service = QuoteService(socket_path, spec, mode=socket_mode, workers=workers, config=cfg)
 
     def ready() -> None:
-        click.echo(f"quotehelper serve: {socket_path} (mode {socket_mode:o}), {pool.size} worker(s), "
-                   f"engine {engine}, pid {os.getpid()}", err=True)
+        assert service.supervisor is not None
+        click.echo(f"quotehelper serve: {socket_path} (mode {socket_mode:o}), {service.supervisor.size} "
+                   f"worker(s), engine {engine}, pid {os.getpid()}", err=True)
 
     try:
-        asyncio.run(run_service(server, pool, ready))
+        asyncio.run(service.run(ready))
     except QuoteHelperError as e:
         raise click.ClickException(str(e)) from e
 

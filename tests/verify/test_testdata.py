@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import dcap_qvl
 import pytest
+from cryptography import x509
 
 from quotehelper.verify import ErrorCode, Kind, Policy, TrustAnchor, Verifier, VerifyOptions, load_collateral
 from tests.verify.helpers import CASES, POSITIVE, QVL_STATUS, Case, dcap_verify, intel_qvl_verify, path
@@ -176,3 +177,20 @@ def test_builtin_root_is_pinned() -> None:
     a = TrustAnchor.intel()
     assert a.sha256 == "44A0196B2B99F889B8E149E95B807A350E7424964399E885A7CBB8CCFAB674D3" and a.builtin
     assert Verifier(VerifyOptions()).roots == (a,)
+
+
+def test_pinned_intel_intermediates_are_what_the_root_signed() -> None:
+    """The built-in intermediates (whose root signatures the verifier does not recompute) really are
+    signed by the pinned root, and equal the copies in the reference data."""
+    a = TrustAnchor.intel()
+    assert len(a.known_issued) == 4
+    for cert in a.known_issued:
+        cert.verify_directly_issued_by(a.cert)
+    ref = {x509.load_pem_x509_certificate(p.read_bytes()) for p in path("intel-root").glob("Intel_SGX_[PT]*.pem")}
+    assert ref == set(a.known_issued)
+
+
+@pytest.mark.parametrize("case", [c for c in POSITIVE if c.root is None], ids=lambda c: c.id)
+def test_same_result_without_pinned_intermediates(case: Case) -> None:
+    full = Verifier(VerifyOptions(pinned_intermediates=False)).verify(case.quote_bytes(), case.load(), now=case.when())
+    assert full.valid and (full.status, full.advisory_ids) == (case.status, case.advisories)

@@ -31,6 +31,17 @@ KNOWN_NON_PRODUCTION_ROOTS = {
 }
 
 
+# Intel's published intermediates (issued by the root above): PCK Processor CA, PCK Platform CA and
+# both issues of the TCB Signing certificate. Their signatures by the root never change, so a chain
+# carrying one byte-for-byte need not re-verify it (tests/verify checks each against the root).
+INTEL_INTERMEDIATES_SHA256 = frozenset({
+    "13B2DCCEF8FC4EC977EE5249743B0F758EBD1E28D768B2E1E12BC348ADAA09FB",  # PCK Processor CA
+    "22EB770DCA215B607B5CCFC21A672B1DA5CC660B1AD0365020567979EDCAA0E1",  # PCK Platform CA
+    "EC37D98107BFB7DAB6FF8DE4D4DDA6FDE30A6F50B0D7B03EEFB5652F1E652969",  # TCB Signing 2018-05-21
+    "C0575E76D0303B61D09CDE8CBDB70DB34A74F38318300D7C0E6BA8CF4BF45AEA",  # TCB Signing 2025-05-06
+})
+
+
 def fingerprint(cert: x509.Certificate) -> str:
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest().upper()
 
@@ -41,6 +52,7 @@ class TrustAnchor:
     der: bytes
     sha256: str
     builtin: bool = False
+    known_issued: frozenset[x509.Certificate] = frozenset()  # pinned certificates this root signed
 
     @cached_property
     def public_key(self) -> ec.EllipticCurvePublicKey:
@@ -80,7 +92,11 @@ def _intel_root() -> TrustAnchor:
     anchor = TrustAnchor.from_bytes(der, "built-in Intel SGX Root CA")
     if anchor.sha256 != INTEL_SGX_ROOT_CA_SHA256:  # the packaged file was altered: refuse to run
         raise RuntimeError(f"built-in Intel SGX Root CA has SHA-256 {anchor.sha256}, pinned {INTEL_SGX_ROOT_CA_SHA256}")
-    return TrustAnchor(anchor.cert, anchor.der, anchor.sha256, builtin=True)
+    pem = resources.files("quotehelper.verify").joinpath("data/intel_intermediates.pem").read_bytes()
+    known = frozenset(x509.load_pem_x509_certificates(pem))
+    if {fingerprint(c) for c in known} != INTEL_INTERMEDIATES_SHA256:
+        raise RuntimeError("built-in Intel intermediates do not match their pinned SHA-256 fingerprints")
+    return TrustAnchor(anchor.cert, anchor.der, anchor.sha256, builtin=True, known_issued=known)
 
 
 def select_anchor(chain: list[x509.Certificate], anchors: tuple[TrustAnchor, ...],

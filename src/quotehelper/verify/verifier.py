@@ -60,6 +60,7 @@ class VerifyOptions:
     trusted_roots: tuple[TrustAnchor, ...] = ()   # empty = Intel's production root (pinned)
     now: datetime | None = None
     check_revocation: bool = True
+    pinned_intermediates: bool = True             # trust Intel's pinned intermediates' root signatures
     collateral: Collateral | None = None
     policy: Policy | None = None                  # None = Policy.permissive()
 
@@ -178,7 +179,7 @@ class Verifier:
         cached = self._collateral_cache.get(key)
         if cached is not None and _within(cached.window, now):
             return cached
-        ck = ChainChecker(anchor, now, self.options.check_revocation)
+        ck = ChainChecker(anchor, now, self.options.check_revocation, self.options.pinned_intermediates)
         root_crl = ck.add_crl(coll.root_ca_crl, anchor, "root CA CRL")
         if root_crl.get_revoked_certificate_by_serial_number(anchor.cert.serial_number) is not None:
             raise VerificationError(ErrorCode.CERT_REVOKED, "the root CA CRL revokes the root itself",
@@ -219,7 +220,8 @@ class Verifier:
                                     "signed bytes", {"signer": signer.subject.rfc4514_string()})
 
     def _verify_pck(self, certs: list[x509.Certificate], vc: VerifiedCollateral, now: datetime) -> VerifiedPck:
-        ck = ChainChecker(vc.anchor, now, self.options.check_revocation, verified=vc.verified, crls=vc.crls,
+        ck = ChainChecker(vc.anchor, now, self.options.check_revocation, self.options.pinned_intermediates,
+                          verified=vc.verified, crls=vc.crls,
                           key_ids=vc.key_ids)
         leaf = ck.check_chain(certs, "pck", Kind.QUOTE)
         try:

@@ -124,3 +124,12 @@ def test_quote_cli_out_of_process_and_in_process(service: ThreadedService, platf
     r = runner.invoke(main, ["quote", "--platform", str(platform.platform_dir), "--report-data", "zz",
                              "-o", str(out)])
     assert r.exit_code != 0 and "hex" in r.output
+
+
+def test_demo_command() -> None:
+    r = CliRunner().invoke(main, ["demo", "--enclaves", "2", "--rounds", "2", "--tcb-status", "SWHardeningNeeded"],
+                           env={"SGX_AESM_ADDR": None})
+    assert r.exit_code == 0, r.output
+    rows = [line.split() for line in r.output.splitlines() if line.startswith(("payments", "key-broker"))]
+    assert len(rows) == 2 and all(row[3] == "SWHardeningNeeded" for row in rows)
+    assert "4 quotes, all verified" in r.output

@@ -169,17 +169,28 @@ def demo_cmd(enclaves: int, rounds: int, tcb_status: str) -> None:
         plat = SimPlatform.create(Path(tmp) / "platform", tcb_status=tcb_status)
         sock = str(Path(tmp) / "aesm.socket")
         t0 = time.perf_counter()
-        with ServiceProcess(sock, plat.platform_dir, stderr=None) as svc:
-            click.echo(f"quote service pid {svc.pid} listening on {sock} "
-                       f"(up in {time.perf_counter() - t0:.2f}s)")
-            names = DEMO_ENCLAVES[:enclaves]
-            click.echo(f"{len(names)} simulated app enclaves x {rounds} quotes each, concurrently, over the "
-                       "AESM socket; every quote verified with dcap-qvl under the platform's test root\n")
-            with concurrent.futures.ThreadPoolExecutor(len(names)) as ex:
-                try:
-                    rows = list(ex.map(lambda n: _demo_one(plat, sock, n, rounds), names))
-                except (QuoteHelperError, SgxError, ValueError) as e:
-                    raise click.ClickException(f"demo failed: {e}") from e
+        log_path = Path(tmp) / "service.log"
+        with log_path.open("wb") as log:
+            svc = ServiceProcess(sock, plat.platform_dir, stderr=log.fileno())
+            try:
+                svc.start()
+            except QuoteHelperError as e:
+                raise click.ClickException(f"the service did not start: {e}\n{log_path.read_text()}") from e
+            try:
+                click.echo(f"quote service pid {svc.pid} listening on {sock} "
+                           f"(ready in {time.perf_counter() - t0:.2f}s)")
+                names = DEMO_ENCLAVES[:enclaves]
+                click.echo(f"{len(names)} simulated app enclaves x {rounds} quotes each, concurrently, over the "
+                           "AESM socket; every quote verified with dcap-qvl under the platform's test root\n")
+                with concurrent.futures.ThreadPoolExecutor(len(names)) as ex:
+                    try:
+                        rows = list(ex.map(lambda n: _demo_one(plat, sock, n, rounds), names))
+                    except (QuoteHelperError, SgxError, ValueError) as e:
+                        raise click.ClickException(f"demo failed: {e}") from e
+            finally:
+                code = svc.stop()
+        if code != 0:
+            raise click.ClickException(f"the service exited with {code}:\n{log_path.read_text()}")
         click.echo(f"{'enclave':<14} {'mrenclave':<17} {'quote':>6} {'TCB status':<12} {'p50 ms':>7} {'max ms':>7}")
         click.echo("-" * 68)
         for r in rows:

@@ -10,7 +10,16 @@ import dcap_qvl
 import pytest
 from cryptography import x509
 
-from quotehelper.verify import ErrorCode, Kind, Policy, TrustAnchor, Verifier, VerifyOptions, load_collateral
+from quotehelper.verify import (
+    ErrorCode,
+    Kind,
+    Policy,
+    TrustAnchor,
+    VerificationError,
+    Verifier,
+    VerifyOptions,
+    load_collateral,
+)
 from tests.verify.helpers import CASES, POSITIVE, QVL_STATUS, Case, dcap_verify, intel_qvl_verify, path
 
 
@@ -194,3 +203,20 @@ def test_pinned_intel_intermediates_are_what_the_root_signed() -> None:
 def test_same_result_without_pinned_intermediates(case: Case) -> None:
     full = Verifier(VerifyOptions(pinned_intermediates=False)).verify(case.quote_bytes(), case.load(), now=case.when())
     assert full.valid and (full.status, full.advisory_ids) == (case.status, case.advisories)
+
+
+def test_openenclave_tampered_chain() -> None:
+    """OpenEnclave's sgx_report_bad: the PCK CA's subject was altered, so its signature no longer verifies.
+    Under Intel's root it is refused for its (pre-production) root; under that root, for the signature."""
+    from quotehelper.verify import quote_checks as qc
+    from quotehelper.verify.chain import ChainChecker
+
+    raw = path("openenclave/host_verify/sgx_report_bad.quote.dat").read_bytes()
+    v = Verifier().verify(raw, CASES["zkdcap"].load(), now=CASES["zkdcap"].when())
+    assert v.error.code is ErrorCode.ROOT_NOT_TRUSTED and "pre-production" in v.error.message
+    preprod = TrustAnchor.from_file(path("fortanix-rust-sgx-pcs/root_SGX_CA_der.cert"))
+    certs = qc.load_chain(qc.pck_chain_ders(qc.load_quote(raw), None))
+    checker = ChainChecker(preprod, datetime(2020, 6, 1, tzinfo=UTC), check_revocation=False)
+    with pytest.raises(VerificationError) as e:
+        checker.check_chain(certs, "pck", Kind.QUOTE)
+    assert e.value.code is ErrorCode.CERT_SIGNATURE_INVALID and e.value.detail["index"] == 1

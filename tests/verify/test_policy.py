@@ -24,7 +24,7 @@ def rules(v) -> dict[str, bool]:  # noqa: ANN001
 
 def test_full_policy_accepts_and_names_every_rule() -> None:
     v = appraise({"accepted_tcb_statuses": ["ConfigurationAndSWHardeningNeeded"],
-                  "accepted_advisory_ids": ["INTEL-SA-00289", "INTEL-SA-00615"], "max_collateral_age": "120d",
+                  "accepted_advisory_ids": ["INTEL-SA-00289", "INTEL-SA-00615"], "max_collateral_age": "16d",
                   "mr_enclave": [MRENCLAVE], "mr_signer": MRSIGNER, "isv_prod_id": 0, "min_isv_svn": 0,
                   "report_data": b"Hello, world!".hex()})
     assert v.accepted and v.exit_code() == 0
@@ -37,7 +37,7 @@ def test_full_policy_accepts_and_names_every_rule() -> None:
     ({}, ["tcb_status"]),  # default: UpToDate only
     ({"accepted_tcb_statuses": ["ConfigurationAndSWHardeningNeeded"], "accepted_advisory_ids": ["INTEL-SA-00615"]},
      ["advisory_ids"]),
-    ({"accepted_tcb_statuses": ["ConfigurationAndSWHardeningNeeded"], "max_collateral_age": "30d"},
+    ({"accepted_tcb_statuses": ["ConfigurationAndSWHardeningNeeded"], "max_collateral_age": "7d"},
      ["max_collateral_age"]),
     ({"accepted_tcb_statuses": ["ConfigurationAndSWHardeningNeeded"], "mr_enclave": "00" * 32}, ["mr_enclave"]),
     ({"accepted_tcb_statuses": ["ConfigurationAndSWHardeningNeeded"], "mr_signer": MRSIGNER, "isv_prod_id": 1,

@@ -4,7 +4,7 @@
 accepted_tcb_statuses: [UpToDate, SWHardeningNeeded]   # default: [UpToDate]
 accepted_advisory_ids: [INTEL-SA-00615]                # omit = any; otherwise every advisory must be listed
 grace_period: 30d          # a status outside the accepted list still passes until tcbDate + grace
-max_collateral_age: 7d     # now - oldest issue date (TCB info, QE identity, CRL thisUpdate)
+max_collateral_age: 7d     # now - oldest issue date (TCB info, QE identity, PCK CRL thisUpdate)
 mr_enclave: [<hex>, ...]   # one of these, or:
 mr_signer: <hex>
 isv_prod_id: 1

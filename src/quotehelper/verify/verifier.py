@@ -43,14 +43,20 @@ class _Lru(Generic[K, V]):
     def get(self, key: K) -> V | None:
         v = self.data.get(key)
         if v is not None:
-            self.data.move_to_end(key)
+            try:
+                self.data.move_to_end(key)
+            except KeyError:  # evicted by another thread meanwhile; the value is still good
+                pass
         return v
 
     def put(self, key: K, value: V) -> None:
         self.data[key] = value
         self.data.move_to_end(key)
         while len(self.data) > self.size:
-            self.data.popitem(last=False)
+            try:
+                self.data.popitem(last=False)
+            except KeyError:
+                break
 
 
 @dataclass(frozen=True)
@@ -206,7 +212,8 @@ class Verifier:
                     ErrorCode.QE_IDENTITY_NOT_YET_VALID)
         ck.window.add(tcb.issue_date, tcb.next_update)
         ck.window.add(qe.issue_date, qe.next_update)
-        oldest = min(tcb.issue_date, qe.issue_date, root_crl.last_update_utc, pck_crl.last_update_utc)
+        # Collateral age: the monthly items (the root CA CRL is issued about once a year, so it is left out).
+        oldest = min(tcb.issue_date, qe.issue_date, pck_crl.last_update_utc)
         vc = VerifiedCollateral(anchor, tcb, qe, ck.window, oldest, verified=ck.verified, crls=ck.crls,
                                 key_ids=ck.key_ids)
         self._collateral_cache.put(key, vc)

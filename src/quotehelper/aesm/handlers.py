@@ -35,9 +35,10 @@ log = logging.getLogger(__name__)
 
 PUB_KEY_ID_SIZE = 32  # ECDSA_ID = SHA-256(attest pub key || QE auth data)
 MAX_SELECT_IDS = 10  # AESM's limit on sgx_ql_att_key_id_list_t entries
-# GetQuoteEx pads the quote to buf_size; AESM would `new` any size. Above this we answer like a failed
-# allocation (21) instead of letting one request allocate gigabytes.
-MAX_QUOTE_BUF = 1 << 20
+# GetQuoteEx pads the quote to buf_size; AESM would `new` any size. Real clients ask for the exact size
+# (<= ~13.5 KB with the largest certification data DCAP allows) or 8192 (Gramine). Above this cap we
+# answer like a failed allocation (21) rather than pad megabytes per request.
+MAX_QUOTE_BUF = 64 << 10
 
 # Request field names in the order AESM looks for them when several are set (§2.1).
 _PRECEDENCE = ("getLicTokenReq", "initQuoteReq", "getQuoteReq", "reportErrReq", "checkUpdateStatusReq",

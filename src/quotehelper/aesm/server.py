@@ -186,6 +186,13 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.answered:
             return  # one request per connection: anything after the first frame is ignored
+        srv = self.server
+        if srv.buffered + len(data) > srv.max_buffered:
+            # Many half-sent frames at once: bound this process's memory; drop the one pushing it over.
+            srv.stats["over_budget"] += 1
+            self.transport.abort()  # type: ignore[union-attr]
+            return
+        srv.buffered += len(data)
         self.buf += data
         if self.need < 0:
             if len(self.buf) < 4:
@@ -201,6 +208,7 @@ class _Connection(asyncio.Protocol):
         self.transport.pause_reading()  # type: ignore[union-attr]
         self._cancel_deadline()
         payload = bytes(self.buf[4: 4 + self.need])
+        srv.buffered -= len(self.buf)
         self.buf = bytearray()
         self.server.stats["requests"] += 1
         try:
@@ -241,6 +249,8 @@ class _Connection(asyncio.Protocol):
             self.deadline = None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.server.buffered -= len(self.buf)
+        self.buf = bytearray()
         self._cancel_deadline()
         self.transport = None
         self.server.connections.discard(self)
@@ -342,7 +352,8 @@ class AesmServer:
     """Serves `responder` on an already listening socket (several processes may share it)."""
 
     def __init__(self, sock: socket.socket, responder: Responder, *, read_timeout: float = 5.0,
-                 write_timeout: float = 15.0, max_frame: int = MAX_FRAME, max_connections: int = 4096,
+                 write_timeout: float = 15.0, max_frame: int = MAX_FRAME, max_connections: int = 1024,
+                 max_buffered: int = 32 << 20,
                  drain_timeout: float = 20.0, backlog: int = 1024) -> None:
         self.sock = sock
         self.backlog = backlog
@@ -351,12 +362,14 @@ class AesmServer:
         self.write_timeout = write_timeout
         self.max_frame = max_frame
         self.max_connections = max_connections
+        self.max_buffered = max_buffered  # bytes of unfinished requests held across all connections
+        self.buffered = 0
         self.drain_timeout = drain_timeout
         self.connections: set[_Connection] = set()
         self.idle: asyncio.Event | None = None
         self.stats: dict[str, int] = {k: 0 for k in (
             "requests", "oversized", "truncated", "closed_unanswered", "read_timeouts", "write_timeouts",
-            "rejected", "backlog_drained")}
+            "rejected", "backlog_drained", "over_budget")}
         self._server: asyncio.AbstractServer | None = None
         self._stopping: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]

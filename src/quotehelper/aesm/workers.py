@@ -67,7 +67,8 @@ class ServeConfig:
     read_timeout: float = 5.0
     write_timeout: float = 15.0
     max_frame: int = MAX_FRAME
-    max_connections: int = 4096
+    max_connections: int = 1024
+    max_buffered: int = 32 << 20
     queue_limit: int = 64
     drain_timeout: float = 20.0
     memo: bool = False
@@ -80,6 +81,7 @@ async def _serve(listen: socket.socket, status: socket.socket, engine: QuotingEn
                               queue_limit=cfg.queue_limit, memo=cfg.memo)
     server = AesmServer(listen, responder, read_timeout=cfg.read_timeout, write_timeout=cfg.write_timeout,
                         max_frame=cfg.max_frame, max_connections=cfg.max_connections,
+                        max_buffered=cfg.max_buffered,
                         drain_timeout=cfg.drain_timeout)
     await server.start()
     loop = asyncio.get_running_loop()

@@ -1,0 +1,120 @@
+"""The transport alone (echo responder): one request per connection, memory budget, connection cap,
+half-close, backlog drain at stop."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from quotehelper.aesm.framing import encode_frame
+from quotehelper.aesm.server import AesmServer, ServiceSocket, echo_responder
+
+
+def run(tmp_path: Path, body: Callable[[AesmServer, str], Awaitable[None]], **kw: object) -> AesmServer:
+    path = str(tmp_path / "t.socket")
+
+    async def main() -> AesmServer:
+        owner = ServiceSocket(path)
+        server = AesmServer(owner.sock, echo_responder, **kw)  # type: ignore[arg-type]
+        await server.start()
+        try:
+            await body(server, path)
+        finally:
+            owner.unlink()
+            await server.stop()
+            owner.close()
+        return server
+
+    return asyncio.run(main())
+
+
+async def connect(path: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(s, path)
+    return s
+
+
+async def read_all(s: socket.socket) -> bytes:
+    loop = asyncio.get_running_loop()
+    out = bytearray()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(loop.sock_recv(s, 65536), 5)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    s.close()
+    return bytes(out)
+
+
+def test_one_request_per_connection_and_half_close(tmp_path: Path) -> None:
+    async def body(server: AesmServer, path: str) -> None:
+        loop = asyncio.get_running_loop()
+        s = await connect(path)
+        await loop.sock_sendall(s, encode_frame(b"first") + encode_frame(b"second"))
+        assert await read_all(s) == encode_frame(b"first")  # the second frame is never read
+        s = await connect(path)
+        await loop.sock_sendall(s, encode_frame(b"half-closed"))
+        s.shutdown(socket.SHUT_WR)  # a client that half-closes after its request still gets the reply
+        assert await read_all(s) == encode_frame(b"half-closed")
+
+    run(tmp_path, body)
+
+
+def test_memory_budget_drops_the_connection_pushing_past_it(tmp_path: Path) -> None:
+    async def body(server: AesmServer, path: str) -> None:
+        loop = asyncio.get_running_loop()
+        a, b = await connect(path), await connect(path)
+        await loop.sock_sendall(a, struct.pack("<I", 8000) + b"a" * 7000)
+        await asyncio.sleep(0.1)
+        await loop.sock_sendall(b, struct.pack("<I", 8000) + b"b" * 5000)
+        assert await read_all(b) == b""  # over the 10 kB budget: dropped
+        await loop.sock_sendall(a, b"a" * 1000)
+        assert await read_all(a) == struct.pack("<I", 8000) + b"a" * 8000
+        assert server.buffered == 0 and server.stats["over_budget"] == 1
+
+    run(tmp_path, body, max_buffered=10_000)
+
+
+def test_connection_cap(tmp_path: Path) -> None:
+    async def body(server: AesmServer, path: str) -> None:
+        loop = asyncio.get_running_loop()
+        held = [await connect(path), await connect(path)]
+        await asyncio.sleep(0.1)
+        extra = await connect(path)
+        assert await read_all(extra) == b""  # closed at once, nothing read
+        assert server.stats["rejected"] == 1
+        for s in held:
+            await loop.sock_sendall(s, encode_frame(b"ok"))
+            assert await read_all(s) == encode_frame(b"ok")
+
+    run(tmp_path, body, max_connections=2)
+
+
+def test_stop_answers_connections_still_in_the_backlog(tmp_path: Path) -> None:
+    clients: list[socket.socket] = []
+
+    async def body(server: AesmServer, path: str) -> None:
+        # Queue connections in the kernel without letting the event loop accept them: connect with
+        # blocking sockets from this (the loop's) thread, then stop at once.
+        for i in range(20):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            s.sendall(encode_frame(f"queued {i}".encode()))
+            clients.append(s)
+
+    server = run(tmp_path, body)
+    assert server.stats["backlog_drained"] == 20
+    for i, s in enumerate(clients):
+        s.settimeout(5)
+        got = b""
+        while chunk := s.recv(4096):
+            got += chunk
+        assert got == encode_frame(f"queued {i}".encode())
+        s.close()

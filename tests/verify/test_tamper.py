@@ -16,6 +16,8 @@ from quotehelper.platform.sim import SimPlatform
 from quotehelper.verify import Collateral, ErrorCode, TrustAnchor, Verifier, VerifyOptions
 from tests.verify.helpers import CASES
 
+# cryptography warns about tampered name attributes (e.g. a 25-byte country name); expected here.
+pytestmark = pytest.mark.filterwarnings("ignore:Attribute.s length:UserWarning")
 E = ErrorCode
 CHAIN = {E.PCK_CHAIN_MALFORMED, E.CERT_SIGNATURE_INVALID, E.CERT_ISSUER_MISMATCH, E.ROOT_NOT_TRUSTED,
          E.PCK_EXTENSION_MALFORMED, E.CERT_EXPIRED, E.CERT_NOT_YET_VALID, E.CERT_NOT_CA, E.CERT_IS_CA,
@@ -96,7 +98,6 @@ def sim_quote(tmp_path_factory: pytest.TempPathFactory) -> tuple[bytes, object, 
     return quote, coll, TrustAnchor.from_bytes(plat.root_ca_der())
 
 
-@pytest.mark.filterwarnings("ignore:Attribute.s length:UserWarning")  # tampered country names
 def test_every_byte_of_a_simulated_quote(sim_quote) -> None:  # noqa: ANN001
     quote, coll, root = sim_quote
     verifier = Verifier(VerifyOptions(trusted_roots=(root,)))

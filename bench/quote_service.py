@@ -152,12 +152,25 @@ def children(pid: int) -> list[int]:
         return []
 
 
+def pss_kb(pid: int) -> int:
+    """Proportional set size (shared pages split between the processes sharing them), in kB."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def service_rss(pid: int) -> dict[str, int]:
     main_now, main_peak = rss_kb(pid)
-    workers = [rss_kb(c) for c in children(pid)]
+    kids = children(pid)
+    workers = [rss_kb(c) for c in kids]
     return {"main_now": main_now, "main_peak": main_peak,
             "workers_peak": sum(p for _, p in workers), "workers_now": sum(n for n, _ in workers),
-            "n_workers": len(workers)}
+            "n_workers": len(workers), "pss_total": pss_kb(pid) + sum(pss_kb(c) for c in kids)}
 
 
 def run_echo_server(path: str, processes: int) -> None:
@@ -225,7 +238,7 @@ def main() -> None:
             print(f"{n} quotes in {dt:.1f}s ({n / dt:.0f}/s, errors {errors}, p99 {pct(lat, 0.99):.1f} ms); "
                   f"service RSS after: main {r['main_now'] / 1024:.1f} MB (peak {r['main_peak'] / 1024:.1f}), "
                   f"{r['n_workers']} workers {r['workers_now'] / 1024:.1f} MB (peak {r['workers_peak'] / 1024:.1f}), "
-                  f"total {(r['main_now'] + r['workers_now']) / 1024:.1f} MB")
+                  f"total RSS {(r['main_now'] + r['workers_now']) / 1024:.1f} MB, total PSS {r['pss_total'] / 1024:.1f} MB")
             return
 
         # The floor: same generator, same frames, the service's socket and transport with an echo

@@ -108,3 +108,30 @@ def test_ten_restarts_under_sixteen_clients(platform: SimPlatform, tmp_path: Pat
     reasons = sum((p.retry_reasons for p in providers), start=collections.Counter())
     assert sum(p.retries for p in providers) > 0  # the restarts were really seen by the clients...
     assert "AESM_ATT_KEY_NOT_INITIALIZED" not in reasons  # ...and the key survived every one of them
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_killed_service_leaves_no_workers_and_its_stale_socket_is_replaced(
+        platform: SimPlatform, tmp_path: Path) -> None:
+    sock = str(tmp_path / "aesm.socket")
+    svc = ServiceProcess(sock, platform.platform_dir, workers=2).start()
+    with open(f"/proc/{svc.pid}/task/{svc.pid}/children") as f:
+        workers = [int(x) for x in f.read().split()]
+    assert len(workers) == 2
+    svc.kill()  # SIGKILL: no drain, no unlink
+    deadline = time.monotonic() + 10
+    while any(map(_alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.05)  # workers notice their supervisor is gone and stop
+    assert not any(map(_alive, workers))
+    assert os.path.exists(sock)  # stale socket file left behind
+    with ServiceProcess(sock, platform.platform_dir, workers=1):
+        provider = OutOfProcessProvider(sock, deadline=10.0)
+        quote = provider.get_quote(platform.enclave().report(provider.target_info(), b"again"))
+        assert parse_quote(quote).report_body.report_data[:5] == b"again"

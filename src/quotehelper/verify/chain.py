@@ -117,24 +117,27 @@ class ChainChecker:
                                     {"chain": name}, kind)
         self._check_validity(anchor.cert, name, kind, len(chain))
         issuers = chain[1:] + [anchor.cert]
-        # Memo keys are the certificate objects: they hash and compare by DER inside cryptography (cheap),
-        # whereas asking for the DER bytes (public_bytes) costs more than a signature check's bookkeeping.
+        # Memo keys are the certificate objects: they hash and compare by DER inside cryptography, whereas
+        # asking for the DER bytes (public_bytes) costs more. End-entity certificates are not memoised: the
+        # verifier caches whole verified chains, so only CAs recur (e.g. the PCK CA in two chains).
         for i, (cert, issuer) in enumerate(zip(chain, issuers, strict=True)):
             self._check_validity(cert, name, kind, i)
-            memo = (cert, issuer, i)
-            if memo not in self.verified:  # each (certificate, issuer, position) is checked once
-                sig_memo = (cert, issuer, -1)
-                if sig_memo not in self.verified:  # the signature, at any position
+            memo = (cert, issuer, i) if i or leaf_is_ca else None
+            if memo is None or memo not in self.verified:  # each (certificate, issuer, position) once
+                sig_memo = (cert, issuer, -1) if memo else None
+                if sig_memo is None or sig_memo not in self.verified:  # the signature, at any position
                     if not (self.use_pinned and issuer is anchor.cert and cert in anchor.known_issued):
                         self._check_signature(cert, issuer, name, kind, i)
-                    self.verified.add(sig_memo)
+                    if sig_memo:
+                        self.verified.add(sig_memo)
                 self._check_issuer_constraints(issuer, name, kind, i + 1, below=i)
                 if i == 0:
                     if leaf_is_ca:
                         self._check_issuer_constraints(cert, name, kind, 0, below=0)
                     else:
                         self._check_leaf(cert, name, kind)
-                self.verified.add(memo)
+                if memo:
+                    self.verified.add(memo)
             if self.check_revocation:
                 self._check_revocation(cert, issuer, name, kind, i)
         return chain[0]

@@ -10,6 +10,7 @@ error (e.g. CRL_EXPIRED) is still reported.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -43,10 +44,8 @@ class _Lru(Generic[K, V]):
     def get(self, key: K) -> V | None:
         v = self.data.get(key)
         if v is not None:
-            try:
+            with contextlib.suppress(KeyError):  # evicted by another thread meanwhile; the value is still good
                 self.data.move_to_end(key)
-            except KeyError:  # evicted by another thread meanwhile; the value is still good
-                pass
         return v
 
     def put(self, key: K, value: V) -> None:

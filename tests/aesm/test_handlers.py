@@ -9,7 +9,7 @@ import pytest
 
 from quotehelper.aesm import messages_pb2 as pb
 from quotehelper.aesm.codes import AesmError, SgxStatus, aesm_code_for, sgx_status_for
-from quotehelper.aesm.handlers import Dispatcher, EngineCall, handle
+from quotehelper.aesm.handlers import Dispatcher, EngineCall, engine_call_error, handle
 from quotehelper.platform.engine import QuoteErrorCode
 from quotehelper.platform.sim import SimPlatform
 from quotehelper.sgx.structs import DEFAULT_ECDSA_ATT_KEY_ID, AttKeyId
@@ -189,3 +189,14 @@ def test_engine_code_mapping_is_total() -> None:
 ])
 def test_client_status_mapping(call: str, code: int, status: int) -> None:
     assert sgx_status_for(call, code) == status
+
+
+def test_busy_replies_keep_the_fields_aesm_always_sends(dispatcher: Dispatcher) -> None:
+    init = dispatcher.inline(init_req(KID, True, 32))
+    assert isinstance(init, EngineCall)
+    r = engine_call_error(init, AesmError.BUSY).initQuoteExRes
+    assert (r.errorCode, r.HasField("pub_key_id_size"), r.pub_key_id_size) == (18, True, 32)
+    quote = dispatcher.inline(quote_req(bytes(432), 5000, qri=bytes(960)))
+    assert isinstance(quote, EngineCall)
+    q = engine_call_error(quote, AesmError.BUSY).getQuoteExRes
+    assert q.errorCode == 18 and q.qe_report_info == bytes(960) and not q.HasField("quote")

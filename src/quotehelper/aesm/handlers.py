@@ -135,7 +135,8 @@ class Dispatcher:
             return error_response(call, AesmError.SERVICE_UNAVAILABLE)
         return getattr(self, "_" + call)(sub)
 
-    def _fill_defaults(self, call: str, sub: object, res: pb.Response) -> pb.Response:
+    @staticmethod
+    def _fill_defaults(call: str, sub: object, res: pb.Response) -> pb.Response:
         # Fields the real responses always carry, even on error.
         if call == "initQuoteExReq":
             res.initQuoteExRes.pub_key_id_size = sub.buf_size  # type: ignore[attr-defined]
@@ -241,6 +242,17 @@ def _engine_code(e: Exception) -> AesmError:
         return aesm_code_for(e.code)
     log.exception("engine failed unexpectedly")
     return AesmError.UNEXPECTED_ERROR
+
+
+_ENGINE_CALLS = {INIT_QUOTE_EX: ("initQuoteExReq", pb.Request.InitQuoteExRequest),
+                 GET_QUOTE_SIZE_EX: ("getQuoteSizeExReq", pb.Request.GetQuoteSizeExRequest),
+                 GET_QUOTE_EX: ("getQuoteExReq", pb.Request.GetQuoteExRequest)}
+
+
+def engine_call_error(call: EngineCall, code: int) -> pb.Response:
+    """An error reply for a validated engine call (e.g. AESM_BUSY), with the fields AESM always sends."""
+    name, cls = _ENGINE_CALLS[call.tag]
+    return Dispatcher._fill_defaults(name, cls.FromString(call.payload), error_response(name, code))
 
 
 def run_engine_call(engine: QuotingEngine, call: EngineCall) -> pb.Response:

@@ -31,16 +31,14 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
-from quotehelper.aesm import messages_pb2 as pb
 from quotehelper.aesm.codes import AesmError
 from quotehelper.aesm.framing import MAX_FRAME, encode_frame
 from quotehelper.aesm.handlers import (
     GET_QUOTE_EX,
-    GET_QUOTE_SIZE_EX,
-    INIT_QUOTE_EX,
     BadFrame,
     Dispatcher,
     EngineCall,
+    engine_call_error,
     parse_request,
     run_engine_call,
 )
@@ -108,7 +106,7 @@ class AesmResponder:
                 return hit
         if len(self._queue) >= self.queue_limit:
             self.busy_replies += 1
-            return encode_frame(failure_response(out.tag, AesmError.BUSY))
+            return encode_frame(failure_response(out, AesmError.BUSY))
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bytes] = loop.create_future()
         self._queue.append((out, fut))
@@ -122,32 +120,35 @@ class AesmResponder:
         return len(self._queue)
 
     def _drain(self) -> None:
-        for _ in range(min(self.BATCH, len(self._queue))):
-            call, fut = self._queue.popleft()
-            if fut.done():  # the client went away meanwhile
-                continue
-            res = run_engine_call(self.engine, call)
-            frame = encode_frame(res.SerializeToString())
-            if self.memo and call.tag != GET_QUOTE_EX and len(self._memo) < self.MEMO_LIMIT:
-                (_, sub), = res.ListFields()
-                if sub.errorCode == AesmError.SUCCESS:
-                    self._memo[(call.tag, call.payload)] = frame
-            fut.set_result(frame)
-        if self._queue:
-            asyncio.get_running_loop().call_soon(self._drain)  # let I/O in before the next batch
-        else:
-            self._scheduled = False
+        try:
+            for _ in range(min(self.BATCH, len(self._queue))):
+                call, fut = self._queue.popleft()
+                if fut.done():  # the client went away meanwhile
+                    continue
+                try:
+                    fut.set_result(self._execute(call))
+                except Exception:  # never leave a client waiting on a future nobody will complete
+                    log.exception("engine call %d failed", call.tag)
+                    fut.set_result(encode_frame(failure_response(call, AesmError.UNEXPECTED_ERROR)))
+        finally:
+            if self._queue:
+                asyncio.get_running_loop().call_soon(self._drain)  # let I/O in before the next batch
+            else:
+                self._scheduled = False
+
+    def _execute(self, call: EngineCall) -> bytes:
+        res = run_engine_call(self.engine, call)
+        frame = encode_frame(res.SerializeToString())
+        if self.memo and call.tag != GET_QUOTE_EX and len(self._memo) < self.MEMO_LIMIT:
+            (_, sub), = res.ListFields()
+            if sub.errorCode == AesmError.SUCCESS:
+                self._memo[(call.tag, call.payload)] = frame
+        return frame
 
 
-def failure_response(tag: int, code: int) -> bytes:
-    """A serialized Response carrying only errorCode in the sub-message matching `tag`."""
-    res = pb.Response()
-    getattr(res, _RESPONSE_FIELD[tag]).errorCode = int(code)
-    return res.SerializeToString()
-
-
-_RESPONSE_FIELD = {INIT_QUOTE_EX: "initQuoteExRes", GET_QUOTE_SIZE_EX: "getQuoteSizeExRes",
-                   GET_QUOTE_EX: "getQuoteExRes"}
+def failure_response(call: EngineCall, code: int) -> bytes:
+    """The serialized error Response for an engine call, with the fields AESM always sends."""
+    return engine_call_error(call, code).SerializeToString()
 
 
 def echo_responder(payload: bytes) -> Reply:

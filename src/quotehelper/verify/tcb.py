@@ -95,11 +95,16 @@ class _Fields:
         return _Fields(v, f"{self.path}.{key}" + ("" if index is None else f"[{index}]"), self.code)
 
 
+def _reject_constant(c: str) -> None:
+    raise ValueError(f"{c} is not JSON")
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)  # one instance: json.loads(**kw) builds one a call
+
+
 def _load_json(raw: bytes, code: ErrorCode, what: str) -> Any:
-    def reject(c: str) -> None:
-        raise ValueError(f"{c} is not JSON")
     try:
-        return json.loads(raw, parse_constant=reject)
+        return _DECODER.decode(raw.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as e:
         raise VerificationError(code, f"{what} is not valid JSON: {e}", {"field": what}) from e
 

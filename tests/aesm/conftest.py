@@ -60,7 +60,7 @@ class ThreadedService:
             await self.service.start()
             try:
                 self._ready.set()
-                await self.service._stop.wait()
+                await self.service.stop_requested()
             finally:
                 await self.service.stop()
 

@@ -43,6 +43,9 @@ class QuoteService:
     def request_stop(self) -> None:
         self._stop.set()
 
+    async def stop_requested(self) -> None:
+        await self._stop.wait()
+
     async def stop(self) -> None:
         """Unlink the path (no new clients), let every worker drain, then release the socket."""
         if self.socket is None:
@@ -62,7 +65,7 @@ class QuoteService:
             await self.start()
             if ready is not None:
                 ready()
-            await self._stop.wait()
+            await self.stop_requested()
             log.info("stopping: draining workers")
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):

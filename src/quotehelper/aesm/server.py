@@ -21,15 +21,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import errno
-import fcntl
 import logging
 import os
 import socket
-import stat
 import struct
 from collections.abc import Callable
-from pathlib import Path
 
 from quotehelper.aesm.codes import AesmError
 from quotehelper.aesm.framing import MAX_FRAME, encode_frame
@@ -42,23 +38,22 @@ from quotehelper.aesm.handlers import (
     parse_request,
     run_engine_call,
 )
-from quotehelper.errors import QuoteHelperError
+from quotehelper.aesm.sockets import (  # noqa: F401 - re-exported: the server's public API
+    DEFAULT_SOCKET,
+    DEFAULT_SOCKET_MODE,
+    ServiceSocket,
+    SocketInUse,
+    bind_atomically,
+)
 from quotehelper.platform.engine import QuotingEngine
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SOCKET = "/var/run/aesmd/aesm.socket"
-DEFAULT_SOCKET_MODE = 0o666  # any local user may connect, like AESM's 0777 (x is meaningless on sockets)
-SUN_PATH_MAX = 107
 
 # What a responder returns for one request payload: reply bytes now, a future of them, or None (close).
 Reply = bytes | asyncio.Future[bytes] | None
 Responder = Callable[[bytes], Reply]
 _LEN = struct.Struct("<I")
-
-
-class SocketInUse(QuoteHelperError):
-    """Another live server owns the socket path; we refuse to hijack it."""
 
 
 # --- responders ---------------------------------------------------------------------------------------
@@ -257,96 +252,6 @@ class _Connection(asyncio.Protocol):
         self.server.connections.discard(self)
         if not self.server.connections and self.server.idle is not None:
             self.server.idle.set()
-
-
-# --- socket lifecycle ---------------------------------------------------------------------------------
-
-def _probe_live(path: str) -> bool:
-    """True if something accepts connections on `path` (ours, or a real aesmd)."""
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(1.0)
-    try:
-        s.connect(path)
-        return True
-    except OSError as e:
-        if e.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            return False
-        if e.errno == errno.EAGAIN:  # backlog full: definitely alive
-            return True
-        raise
-    finally:
-        s.close()
-
-
-def bind_atomically(path: str, mode: int, backlog: int) -> tuple[socket.socket, int, int]:
-    """Binds a listening socket at `path`; returns (socket, lock fd, socket inode).
-
-    Bound under a temporary name, chmod-ed, then renamed over `path`, so clients never see a socket
-    file with the wrong mode or a moment with no socket at all when a stale one is replaced.
-    """
-    if len(os.fsencode(path)) > SUN_PATH_MAX:
-        raise QuoteHelperError(f"socket path is {len(path)} bytes, the limit is {SUN_PATH_MAX}: {path}")
-    parent = os.path.dirname(os.path.abspath(path))
-    os.makedirs(parent, mode=0o755, exist_ok=True)
-    lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(lock_fd)
-        raise SocketInUse(f"another quotehelper service holds {path}.lock") from None
-    try:
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            st = None
-        if st is not None:
-            if not stat.S_ISSOCK(st.st_mode):
-                raise QuoteHelperError(f"{path} exists and is not a socket; refusing to replace it")
-            if _probe_live(path):
-                raise SocketInUse(f"a live server is listening on {path} (aesmd?); refusing to take it over")
-        tmp = f"{path}.{os.getpid()}~"
-        if len(os.fsencode(tmp)) > SUN_PATH_MAX:
-            tmp = os.path.join(parent, f".q{os.getpid()}~")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(tmp)
-            os.chmod(tmp, mode)
-            sock.listen(backlog)
-            os.replace(tmp, path)
-        except BaseException:
-            sock.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        sock.setblocking(False)
-        return sock, lock_fd, os.stat(path).st_ino
-    except BaseException:
-        os.close(lock_fd)
-        raise
-
-
-class ServiceSocket:
-    """The listening socket at `path`, owned for the life of the service (see bind_atomically)."""
-
-    def __init__(self, path: str | Path, mode: int = DEFAULT_SOCKET_MODE, backlog: int = 1024) -> None:
-        self.path = str(path)
-        self.mode = mode
-        self.sock, self._lock_fd, self._ino = bind_atomically(self.path, mode, backlog)
-
-    def unlink(self) -> None:
-        """Removes the path if it still names our socket (a successor may have replaced it)."""
-        with contextlib.suppress(FileNotFoundError):
-            if os.stat(self.path).st_ino == self._ino:
-                os.unlink(self.path)
-
-    def close(self) -> None:
-        self.unlink()
-        self.sock.close()
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
 
 
 class AesmServer:

@@ -1,13 +1,23 @@
-"""The quote service process: owns the socket path, runs the serving workers, stops cleanly on SIGTERM."""
+"""The quote service process: owns the socket path, runs the serving workers, stops cleanly on SIGTERM.
+
+This process only supervises, so it imports neither protobuf nor any engine (measured: 20 MB resident
+instead of 43 MB when it was the CLI process). `quotehelper serve` validates its options and then
+replaces itself (exec, same pid) with `python -m quotehelper.aesm.service ...`.
+"""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import dataclasses
+import json
 import logging
+import os
 import signal
+import sys
 from collections.abc import Callable
 
-from quotehelper.aesm.server import DEFAULT_SOCKET_MODE, ServiceSocket
+from quotehelper.aesm.sockets import DEFAULT_SOCKET_MODE, ServiceSocket
 from quotehelper.aesm.workers import EngineSpec, ServeConfig, WorkerSupervisor
 
 log = logging.getLogger(__name__)
@@ -71,3 +81,51 @@ class QuoteService:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
             await self.stop()
+
+
+def exec_args(socket_path: str, spec: EngineSpec, *, mode: int, workers: int | None, config: ServeConfig,
+              verbose: bool = False) -> list[str]:
+    """argv that runs this module as the service (what `quotehelper serve` execs into)."""
+    args = [sys.executable, "-m", "quotehelper.aesm.service", "--socket", socket_path, "--mode", f"{mode:o}",
+            "--spec", json.dumps({"target": spec.target, "args": list(spec.args), "then": spec.then}),
+            "--config", json.dumps(dataclasses.asdict(config))]
+    if workers:
+        args += ["--workers", str(workers)]
+    if verbose:
+        args.append("--verbose")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m quotehelper.aesm.service",
+                                 description="The quote service (normally started by `quotehelper serve`).")
+    ap.add_argument("--socket", required=True)
+    ap.add_argument("--mode", default=f"{DEFAULT_SOCKET_MODE:o}")
+    ap.add_argument("--spec", required=True, help="engine spec JSON: target, args, then")
+    ap.add_argument("--config", default="{}", help="ServeConfig JSON")
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--verbose", action="store_true")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    spec_d = json.loads(a.spec)
+    spec = EngineSpec(spec_d["target"], tuple(spec_d.get("args", ())), spec_d.get("then"))
+    mode = int(a.mode, 8)
+    service = QuoteService(a.socket, spec, mode=mode, workers=a.workers, config=ServeConfig(**json.loads(a.config)))
+
+    def ready() -> None:
+        assert service.supervisor is not None
+        print(f"quotehelper serve: {a.socket} (mode {mode:o}), {service.supervisor.size} worker(s), "
+              f"engine {spec.target}, pid {os.getpid()}", file=sys.stderr, flush=True)
+
+    try:
+        asyncio.run(service.run(ready))
+    except Exception as e:  # a clean one-line error, like the CLI's, for start-up failures
+        if isinstance(e, OSError | ValueError) or type(e).__module__.startswith("quotehelper"):
+            print(f"Error: {e}", file=sys.stderr)
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

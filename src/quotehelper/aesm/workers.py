@@ -28,12 +28,13 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from quotehelper.aesm.framing import MAX_FRAME
-from quotehelper.aesm.handlers import Dispatcher
-from quotehelper.aesm.server import AesmResponder, AesmServer
 from quotehelper.errors import QuoteHelperError
-from quotehelper.platform.engine import QuotingEngine
+
+if TYPE_CHECKING:  # the supervisor stays light: protocol and engine modules load in the workers only
+    from quotehelper.platform.engine import QuotingEngine
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,9 @@ class ServeConfig:
 # --- worker process side ------------------------------------------------------------------------------
 
 async def _serve(listen: socket.socket, status: socket.socket, engine: QuotingEngine, cfg: ServeConfig) -> None:
+    from quotehelper.aesm.handlers import Dispatcher
+    from quotehelper.aesm.server import AesmResponder, AesmServer
+
     responder = AesmResponder(Dispatcher(engine.supported_att_key_ids()), engine,
                               queue_limit=cfg.queue_limit, memo=cfg.memo)
     server = AesmServer(listen, responder, read_timeout=cfg.read_timeout, write_timeout=cfg.write_timeout,

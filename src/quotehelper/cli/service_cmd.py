@@ -16,8 +16,8 @@ import click
 
 from quotehelper.aesm.client import SgxError, provider_from_env
 from quotehelper.aesm.launch import ServiceProcess
-from quotehelper.aesm.server import DEFAULT_SOCKET, DEFAULT_SOCKET_MODE
-from quotehelper.aesm.service import QuoteService
+from quotehelper.aesm.service import QuoteService, exec_args
+from quotehelper.aesm.sockets import DEFAULT_SOCKET, DEFAULT_SOCKET_MODE
 from quotehelper.aesm.workers import EngineSpec, ServeConfig
 from quotehelper.cli import main
 from quotehelper.errors import QuoteHelperError
@@ -77,15 +77,15 @@ def serve_cmd(socket_path: str, platform_dir: Path | None, engine: str, workers:
     # The software QE keeps its attestation key for the process lifetime: InitQuoteEx/GetQuoteSizeEx
     # answers can be memoised. DCAP may re-certify, so not there.
     cfg = ServeConfig(read_timeout=read_timeout, queue_limit=queue_limit or 64, memo=engine == "sim")
+    if sys.platform.startswith("linux"):
+        # Become the lean supervisor process (same pid, so SIGTERM from systemd/kubelet reaches it).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        args = exec_args(socket_path, spec, mode=socket_mode, workers=workers, config=cfg, verbose=verbose)
+        os.execv(sys.executable, args)
     service = QuoteService(socket_path, spec, mode=socket_mode, workers=workers, config=cfg)
-
-    def ready() -> None:
-        assert service.supervisor is not None
-        click.echo(f"quotehelper serve: {socket_path} (mode {socket_mode:o}), {service.supervisor.size} "
-                   f"worker(s), engine {engine}, pid {os.getpid()}", err=True)
-
     try:
-        asyncio.run(service.run(ready))
+        asyncio.run(service.run())
     except QuoteHelperError as e:
         raise click.ClickException(str(e)) from e
 

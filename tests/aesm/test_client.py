@@ -131,5 +131,6 @@ def test_demo_command() -> None:
                            env={"SGX_AESM_ADDR": None})
     assert r.exit_code == 0, r.output
     rows = [line.split() for line in r.output.splitlines() if line.startswith(("payments", "key-broker"))]
-    assert len(rows) == 2 and all(row[3] == "SWHardeningNeeded" for row in rows)
-    assert "4 quotes, all verified" in r.output
+    assert len(rows) == 2 and all(row[3] == "SWHardeningNeeded" and row[4] == "yes" for row in rows)
+    assert "rolling update" in r.output
+    assert "4 quotes, across one rolling update of the service, all verified" in r.output

@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from quotehelper.cli import main
 from quotehelper.errors import QuoteHelperError
 from quotehelper.platform.sim import SimPlatform, default_platform_dir
 from quotehelper.sgx.quote import parse_quote
+from quotehelper.verify import TrustAnchor, Verifier, VerifyOptions
 
 
 def sim_engine_spec(platform_dir: Path) -> EngineSpec:
@@ -133,69 +135,119 @@ def quote_cmd(platform_dir: Path | None, socket_path: str | None, report_data: s
 DEMO_ENCLAVES = ("payments", "key-broker", "ml-inference", "ledger", "identity", "analytics")
 
 
-def _demo_one(plat: SimPlatform, socket_path: str, name: str, rounds: int) -> dict:
-    import dcap_qvl  # the reference verifier (test extra, installed by `make demo`)
+def _demo_one(plat: SimPlatform, socket_path: str, name: str, rounds: int, verifier: Verifier,
+              halfway: threading.Barrier) -> dict:
+    """One simulated app enclave: `rounds` quotes through the client library, each verified twice."""
+    try:
+        return _demo_enclave(plat, socket_path, name, rounds, verifier, halfway)
+    except BaseException:
+        halfway.abort()  # let the others and the main thread stop waiting for us
+        raise
 
+
+def _demo_enclave(plat: SimPlatform, socket_path: str, name: str, rounds: int, verifier: Verifier,
+                  halfway: threading.Barrier) -> dict:
+    try:
+        import dcap_qvl  # independent cross-check (test extra; `make demo` installs it)
+    except ImportError:
+        dcap_qvl = None
     enclave = plat.enclave(mr_enclave=hashlib.sha256(name.encode()).digest())
-    provider = provider_from_env(socket_path=socket_path, env={"SGX_AESM_ADDR": ""}, deadline=20.0)
-    report_data = hashlib.sha256(f"{name} nonce {time.time_ns()}".encode()).digest()
-    coll = dcap_qvl.QuoteCollateralV3.from_json(plat.collateral().to_dcap_qvl_json())
-    latencies, status, size = [], "?", 0
-    for _ in range(rounds):
+    provider = provider_from_env(socket_path=socket_path, env={"SGX_AESM_ADDR": ""}, deadline=30.0)
+    collateral = plat.collateral()
+    qvl_coll = dcap_qvl.QuoteCollateralV3.from_json(collateral.to_dcap_qvl_json()) if dcap_qvl else None
+    latencies, status, size, agree = [], "?", 0, "n/a"
+    for i in range(rounds):
+        if i == rounds // 2:
+            halfway.wait()  # the service is updated while every enclave is mid-run
+        report_data = hashlib.sha256(f"{name} nonce {i} {time.time_ns()}".encode()).digest()
         t0 = time.perf_counter()
         report = enclave.report(provider.target_info(), report_data)
         quote = provider.get_quote(report)
         latencies.append((time.perf_counter() - t0) * 1000)
+        verdict = verifier.verify(quote, collateral)
+        if not verdict.accepted:
+            raise QuoteHelperError(f"{name}: quote rejected: {verdict.error or verdict.failed_rules}")
         q = parse_quote(quote)
         if q.report_body.report_data[:32] != report_data or q.report_body.mr_enclave != enclave.identity.mr_enclave:
             raise QuoteHelperError(f"{name}: the quote does not carry this enclave's identity and data")
-        result = dcap_qvl.verify_with_root_ca(quote, coll, plat.root_ca_der(), int(time.time()))
-        status, size = result.status, len(quote)
+        if dcap_qvl is not None:
+            ref = dcap_qvl.verify_with_root_ca(quote, qvl_coll, plat.root_ca_der(), int(time.time()))
+            if ref.status != verdict.status or sorted(ref.advisory_ids) != sorted(verdict.advisory_ids):
+                raise QuoteHelperError(f"{name}: dcap-qvl says {ref.status} {ref.advisory_ids}, "
+                                       f"quotehelper says {verdict.status} {verdict.advisory_ids}")
+            agree = "yes"
+        status, size = verdict.status, len(quote)
     latencies.sort()
     return {"name": name, "mrenclave": enclave.identity.mr_enclave.hex()[:16], "size": size, "status": status,
-            "p50": latencies[len(latencies) // 2], "max": latencies[-1], "rounds": rounds}
+            "agree": agree, "p50": latencies[len(latencies) // 2], "max": latencies[-1], "rounds": rounds,
+            "retries": dict(provider.retry_reasons)}
 
 
 @main.command("demo")
 @click.option("--enclaves", type=click.IntRange(1, len(DEMO_ENCLAVES)), default=4, show_default=True)
-@click.option("--rounds", type=click.IntRange(1, 1000), default=5, show_default=True,
+@click.option("--rounds", type=click.IntRange(2, 1000), default=6, show_default=True,
               help="Quotes per enclave.")
 @click.option("--tcb-status", default="UpToDate", show_default=True, help="TCB status of the fresh platform.")
-def demo_cmd(enclaves: int, rounds: int, tcb_status: str) -> None:
+@click.option("--no-update", is_flag=True, help="Skip the rolling update of the service halfway through.")
+def demo_cmd(enclaves: int, rounds: int, tcb_status: str, no_update: bool) -> None:
     """Start the service on a temporary socket with a fresh software platform, quote from several
-    simulated enclaves concurrently through the client library, and verify every quote."""
+    simulated enclaves concurrently through the client library, replace the service halfway (as a
+    DaemonSet rolling update would), and verify every quote."""
     with tempfile.TemporaryDirectory(prefix="qh-demo-") as tmp:
         click.echo(f"creating a software SGX platform (TCB {tcb_status}) and its test PKI in {tmp} ...")
-        plat = SimPlatform.create(Path(tmp) / "platform", tcb_status=tcb_status)
+        try:
+            plat = SimPlatform.create(Path(tmp) / "platform", tcb_status=tcb_status)
+        except QuoteHelperError as e:
+            raise click.ClickException(str(e)) from e
+        verifier = Verifier(VerifyOptions(trusted_roots=(TrustAnchor.from_bytes(plat.root_ca_der(), "test root"),)))
         sock = str(Path(tmp) / "aesm.socket")
-        t0 = time.perf_counter()
         log_path = Path(tmp) / "service.log"
+        names = DEMO_ENCLAVES[:enclaves]
+        halfway = threading.Barrier(len(names) + 1)
         with log_path.open("wb") as log:
-            svc = ServiceProcess(sock, plat.platform_dir, stderr=log.fileno())
+            def start() -> ServiceProcess:
+                t0 = time.perf_counter()
+                svc = ServiceProcess(sock, plat.platform_dir, stderr=log.fileno())
+                try:
+                    svc.start()
+                except QuoteHelperError as e:
+                    raise click.ClickException(f"the service did not start: {e}\n{log_path.read_text()}") from e
+                click.echo(f"quote service pid {svc.pid} answering on {sock} (ready in {time.perf_counter() - t0:.2f}s)")
+                return svc
+
+            svc = start()
+            click.echo(f"{len(names)} simulated app enclaves x {rounds} quotes each, concurrently, through the "
+                       "client library (SGX_AESM_ADDR set); every quote verified by quotehelper's verifier "
+                       "under the platform's test root and cross-checked with dcap-qvl\n")
+            codes = []
             try:
-                svc.start()
-            except QuoteHelperError as e:
-                raise click.ClickException(f"the service did not start: {e}\n{log_path.read_text()}") from e
-            try:
-                click.echo(f"quote service pid {svc.pid} listening on {sock} "
-                           f"(ready in {time.perf_counter() - t0:.2f}s)")
-                names = DEMO_ENCLAVES[:enclaves]
-                click.echo(f"{len(names)} simulated app enclaves x {rounds} quotes each, concurrently, over the "
-                           "AESM socket; every quote verified with dcap-qvl under the platform's test root\n")
                 with concurrent.futures.ThreadPoolExecutor(len(names)) as ex:
+                    futures = [ex.submit(_demo_one, plat, sock, n, rounds, verifier, halfway) for n in names]
                     try:
-                        rows = list(ex.map(lambda n: _demo_one(plat, sock, n, rounds), names))
-                    except (QuoteHelperError, SgxError, ValueError) as e:
+                        halfway.wait(timeout=120)
+                    except threading.BrokenBarrierError:
+                        no_update = True  # an enclave failed; its error is raised below
+                    if not no_update:
+                        click.echo(f"rolling update: SIGTERM to pid {svc.pid} (drains, removes its socket) "
+                                   "while the enclaves keep asking; a new service takes over")
+                        codes.append(svc.stop())
+                        svc = start()
+                    try:
+                        rows = [f.result() for f in futures]
+                    except (QuoteHelperError, SgxError, ValueError, threading.BrokenBarrierError) as e:
                         raise click.ClickException(f"demo failed: {e}") from e
             finally:
-                code = svc.stop()
-        if code != 0:
-            raise click.ClickException(f"the service exited with {code}:\n{log_path.read_text()}")
-        click.echo(f"{'enclave':<14} {'mrenclave':<17} {'quote':>6} {'TCB status':<12} {'p50 ms':>7} {'max ms':>7}")
-        click.echo("-" * 68)
+                codes.append(svc.stop())
+        if any(codes):
+            raise click.ClickException(f"the service exited with {codes}:\n{log_path.read_text()}")
+        click.echo(f"\n{'enclave':<14} {'mrenclave':<17} {'quote':>6} {'TCB status':<12} {'dcap-qvl':<8} "
+                   f"{'p50 ms':>7} {'max ms':>7}  retries")
+        click.echo("-" * 86)
         for r in rows:
-            click.echo(f"{r['name']:<14} {r['mrenclave']:<17} {r['size']:>6} {r['status']:<12} "
-                       f"{r['p50']:>7.1f} {r['max']:>7.1f}")
+            retries = ", ".join(f"{k} x{v}" for k, v in r["retries"].items()) or "-"
+            click.echo(f"{r['name']:<14} {r['mrenclave']:<17} {r['size']:>6} {r['status']:<12} {r['agree']:<8} "
+                       f"{r['p50']:>7.1f} {r['max']:>7.1f}  {retries}")
         total = sum(r["rounds"] for r in rows)
-        click.echo(f"\n{total} quotes, all verified by dcap-qvl; service stopped with SIGTERM "
-                   "and its socket removed.")
+        update = "" if no_update else ", across one rolling update of the service,"
+        click.echo(f"\n{total} quotes{update} all verified, none failed at the application; the service "
+                   "stopped with SIGTERM and removed its socket.")

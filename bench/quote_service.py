@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from quotehelper.aesm import messages_pb2 as pb
@@ -52,6 +55,55 @@ def exchange_frames(report: bytes, quote_size: int) -> list[bytes]:
     return [encode_frame(r.SerializeToString()) for r in (init, size, quote)]
 
 
+# --- load generators ------------------------------------------------------------------------------------
+
+@dataclass
+class LoadResult:
+    """One closed-loop run. Latencies in ms: per whole exchange, per request (all pooled), and per request
+    position (the last one is GetQuoteEx for a quote exchange)."""
+
+    exchanges: int
+    requests: int
+    errors: int
+    elapsed: float
+    loadgen_cpu: float
+    exchange_ms: dict[str, float]
+    request_ms: dict[str, float]
+    stage_ms: list[dict[str, float]]
+    generator: str
+
+    @property
+    def rate(self) -> float:
+        return self.exchanges / self.elapsed if self.elapsed else 0.0
+
+
+class CLoadGen:
+    """bench/aesm_loadgen.c, compiled with the system `cc` into a temporary directory."""
+
+    SOURCE = Path(__file__).with_name("aesm_loadgen.c")
+    label = "C (bench/aesm_loadgen.c: epoll, one thread)"
+
+    def __init__(self, workdir: Path) -> None:
+        self.binary = workdir / "aesm_loadgen"
+        self.workdir = workdir
+        cc = shutil.which("cc")
+        if cc is None:
+            raise OSError("no `cc` on PATH")
+        subprocess.run([cc, "-O2", "-o", str(self.binary), str(self.SOURCE)], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def run(self, path: str, frames: list[bytes], clients: int, duration: float, check: bool,
+            max_exchanges: int | None = None) -> LoadResult:
+        ffile = self.workdir / "frames.bin"
+        ffile.write_bytes(b"".join(frames))
+        out = subprocess.run([str(self.binary), path, str(ffile), str(clients), str(duration),
+                              str(max_exchanges or 0), "1" if check else "0"],
+                             check=True, capture_output=True, text=True).stdout
+        d = json.loads(out)
+        return LoadResult(d["exchanges"], d["requests"], d["errors"], d["elapsed"], d["loadgen_cpu"],
+                          d["exchange_ms"], d["request_ms"], d["stage_ms"], self.label)
+
+
 async def _roundtrip(loop: asyncio.AbstractEventLoop, path: str, frame: bytes) -> bytes:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.setblocking(False)
@@ -72,38 +124,56 @@ async def _roundtrip(loop: asyncio.AbstractEventLoop, path: str, frame: bytes) -
         s.close()
 
 
-async def load(path: str, frames: list[bytes], clients: int, duration: float, check: bool,
-               max_exchanges: int | None = None) -> tuple[int, list[float], int]:
-    """Runs `clients` loops of the exchange until `duration` (or max_exchanges); (count, latencies, errors)."""
-    loop = asyncio.get_running_loop()
-    latencies: list[float] = []
-    last: list[float] = []  # the GetQuoteEx round trip alone
-    errors = 0
-    done = 0
-    end = time.perf_counter() + duration
+def _summary(xs: list[float]) -> dict[str, float]:
+    return {"p50": pct(xs, 0.5), "p99": pct(xs, 0.99), "max": max(xs) * 1000 if xs else float("nan"),
+            "mean": sum(xs) / len(xs) * 1000 if xs else float("nan")}
 
-    async def client() -> None:
-        nonlocal errors, done
-        while time.perf_counter() < end and (max_exchanges is None or done < max_exchanges):
-            t0 = time.perf_counter()
-            try:
-                for frame in frames:
-                    t1 = time.perf_counter()
-                    reply = await _roundtrip(loop, path, frame)
-                    code = error_code(reply)  # same work in both phases; only the service's replies count
-                    if check and code != 0:
-                        errors += 1
-            except OSError:
-                errors += 1
-                continue
-            now = time.perf_counter()
-            latencies.append(now - t0)
-            last.append(now - t1)
-            done += 1
 
-    await asyncio.gather(*(client() for _ in range(clients)))
-    load.last_request = last  # type: ignore[attr-defined]
-    return done, latencies, errors
+class PyLoadGen:
+    """The fallback: the same closed loop in Python asyncio (it competes with the server for CPU)."""
+
+    label = "Python asyncio"
+
+    def run(self, path: str, frames: list[bytes], clients: int, duration: float, check: bool,
+            max_exchanges: int | None = None) -> LoadResult:
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        r = asyncio.run(self._load(path, frames, clients, duration, check, max_exchanges))
+        elapsed = time.perf_counter() - t0
+        n, lat, errors, stages = r
+        every = [x for st in stages for x in st]
+        return LoadResult(n, len(every), errors, elapsed, time.process_time() - c0, _summary(lat),
+                          _summary(every), [_summary(st) for st in stages], self.label)
+
+    async def _load(self, path: str, frames: list[bytes], clients: int, duration: float, check: bool,
+                    max_exchanges: int | None) -> tuple[int, list[float], int, list[list[float]]]:
+        loop = asyncio.get_running_loop()
+        latencies: list[float] = []
+        stages: list[list[float]] = [[] for _ in frames]
+        errors = 0
+        started = 0
+        end = time.perf_counter() + duration
+
+        async def client() -> None:
+            nonlocal errors, started
+            while time.perf_counter() < end and (max_exchanges is None or started < max_exchanges):
+                started += 1
+                t0 = time.perf_counter()
+                try:
+                    for i, frame in enumerate(frames):
+                        t1 = time.perf_counter()
+                        reply = await _roundtrip(loop, path, frame)
+                        stages[i].append(time.perf_counter() - t1)
+                        code = error_code(reply)  # same work in both phases; only the service's replies count
+                        if check and code != 0:
+                            raise ConnectionError(f"error code {code}")
+                except OSError:
+                    errors += 1
+                    continue
+                latencies.append(time.perf_counter() - t0)
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+        return len(latencies), latencies, errors, stages
 
 
 def error_code(reply: bytes) -> int:
@@ -170,7 +240,7 @@ def service_rss(pid: int) -> dict[str, int]:
     workers = [rss_kb(c) for c in kids]
     return {"main_now": main_now, "main_peak": main_peak,
             "workers_peak": sum(p for _, p in workers), "workers_now": sum(n for n, _ in workers),
-            "n_workers": len(workers), "pss_total": pss_kb(pid) + sum(pss_kb(c) for c in kids)}
+            "n_workers": len(workers), "workers_each": [n for n, _ in workers], "pss_total": pss_kb(pid) + sum(pss_kb(c) for c in kids)}
 
 
 def run_echo_server(path: str, processes: int) -> None:
@@ -204,6 +274,12 @@ def run_echo_server(path: str, processes: int) -> None:
         owner.close()
 
 
+def _latency(r: LoadResult) -> str:
+    e, q, last = r.exchange_ms, r.request_ms, r.stage_ms[-1]
+    return (f"per exchange p50 {e['p50']:5.1f} p99 {e['p99']:5.1f} ms | per request p50 {q['p50']:4.1f} "
+            f"p99 {q['p99']:4.1f} ms (last request p50 {last['p50']:.1f} p99 {last['p99']:.1f})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=32)
@@ -211,6 +287,7 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2", help="worker counts to measure, comma separated")
     ap.add_argument("--rss-quotes", type=int, default=0,
                     help="instead: run this many quotes on the last worker count and report RSS")
+    ap.add_argument("--python-loadgen", action="store_true", help="use the Python generator even if `cc` exists")
     ap.add_argument("--serve-echo", help=argparse.SUPPRESS)
     ap.add_argument("--echo-processes", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -220,25 +297,43 @@ def main() -> None:
 
     worker_counts = [int(w) for w in args.workers.split(",")]
     with tempfile.TemporaryDirectory(prefix="qh-bench-") as tmp:
+        gen: CLoadGen | PyLoadGen
+        note = ""
+        try:
+            if args.python_loadgen:
+                raise OSError("--python-loadgen given")
+            gen = CLoadGen(Path(tmp))
+        except (OSError, subprocess.CalledProcessError) as e:
+            detail = e.stderr.decode(errors="replace").strip() if isinstance(e, subprocess.CalledProcessError) else e
+            note = f" (C generator unavailable: {detail}; the Python generator shares the CPUs with the server)"
+            gen = PyLoadGen()
         plat = SimPlatform.create(Path(tmp) / "platform")
         eng = plat.engine()
         eng.init_quote(DEFAULT_ECDSA_ATT_KEY_ID)
         report = plat.enclave().report(eng.target_info(), b"bench").to_bytes()
         frames = exchange_frames(report, eng.quote_size(DEFAULT_ECDSA_ATT_KEY_ID))
+        probe = gen.run  # one generator for every phase: same framing, same connection pattern
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; {args.clients} clients; "
-              f"one quote = InitQuoteEx + GetQuoteSizeEx + GetQuoteEx, fresh connection each")
+              f"one quote = InitQuoteEx + GetQuoteSizeEx + GetQuoteEx, fresh connection each; "
+              f"load generator: {gen.label}{note}")
 
         if args.rss_quotes:
             sock = str(Path(tmp) / "svc.socket")
             with ServiceProcess(sock, plat.platform_dir, workers=worker_counts[-1]) as svc:
-                t0 = time.perf_counter()
-                n, lat, errors = asyncio.run(load(sock, frames, args.clients, 1e9, True, args.rss_quotes))
-                dt = time.perf_counter() - t0
+                r5 = probe(sock, frames, args.clients, 1e9, True, min(5000, args.rss_quotes))
+                early = service_rss(svc.pid)
+                res = probe(sock, frames, args.clients, 1e9, True, args.rss_quotes - r5.exchanges)
                 r = service_rss(svc.pid)
-            print(f"{n} quotes in {dt:.1f}s ({n / dt:.0f}/s, errors {errors}, p99 {pct(lat, 0.99):.1f} ms); "
-                  f"service RSS after: main {r['main_now'] / 1024:.1f} MB (peak {r['main_peak'] / 1024:.1f}), "
-                  f"{r['n_workers']} workers {r['workers_now'] / 1024:.1f} MB (peak {r['workers_peak'] / 1024:.1f}), "
-                  f"total RSS {(r['main_now'] + r['workers_now']) / 1024:.1f} MB, total PSS {r['pss_total'] / 1024:.1f} MB")
+            n = r5.exchanges + res.exchanges
+            dt = r5.elapsed + res.elapsed
+            print(f"{n} quotes in {dt:.1f}s ({n / dt:.0f}/s, errors {r5.errors + res.errors}, "
+                  f"per exchange p99 {res.exchange_ms['p99']:.1f} ms, per request p99 {res.request_ms['p99']:.1f} ms)")
+            for label, x in (("after 5000 quotes", early), (f"after {n} quotes", r)):
+                print(f"service RSS {label}: main {x['main_now'] / 1024:.1f} MB (peak {x['main_peak'] / 1024:.1f}), "
+                      f"{x['n_workers']} workers {x['workers_now'] / 1024:.1f} MB "
+                      f"[{', '.join(f'{k / 1024:.1f}' for k in x['workers_each'])}] "
+                      f"(peak {x['workers_peak'] / 1024:.1f}), total RSS {(x['main_now'] + x['workers_now']) / 1024:.1f} MB, "
+                      f"total PSS {x['pss_total'] / 1024:.1f} MB")
             return
 
         # The floor: same generator, same frames, the service's socket and transport with an echo
@@ -249,44 +344,46 @@ def main() -> None:
             echo = subprocess.Popen([sys.executable, __file__, "--serve-echo", sock, "--echo-processes", str(procs)])
             try:
                 wait_for_socket(sock)
-                asyncio.run(load(sock, frames, args.clients, 0.5, False))  # warm-up
+                probe(sock, frames, args.clients, 0.5, False)  # warm-up
                 pids = [echo.pid, *children(echo.pid)]
                 cpu0 = cpu_seconds(pids)
-                n, lat, _ = asyncio.run(load(sock, frames, args.clients, args.duration, False))
-                echo_cpu_us = (cpu_seconds(pids) - cpu0) / max(n, 1) * 1e6
+                res = probe(sock, frames, args.clients, args.duration, False)
+                echo_cpu_us = (cpu_seconds(pids) - cpu0) / max(res.exchanges, 1) * 1e6
             finally:
                 echo.terminate()
                 echo.wait()
-            rate = n / args.duration
-            floor = max(floor, rate)
-            req = load.last_request  # type: ignore[attr-defined]
-            print(f"echo, {procs} process{'es' if procs > 1 else '  '}: {rate:8.0f} exchanges/s ({3 * rate:.0f} requests/s)  "
-                  f"p50 {pct(lat, 0.5):5.1f} ms  p99 {pct(lat, 0.99):5.1f} ms  "
-                  f"(3rd request alone: p50 {pct(req, 0.5):.1f} ms p99 {pct(req, 0.99):.1f} ms)  "
-                  f"server CPU {echo_cpu_us:.0f} us/exchange")
+            floor = max(floor, res.rate)
+            print(f"echo, {procs} process{'es' if procs > 1 else '  '}: {res.rate:6.0f} exchanges/s "
+                  f"({3 * res.rate:5.0f} req/s)  {_latency(res)}  server CPU {echo_cpu_us:.0f} us/exchange, "
+                  f"load generator {res.loadgen_cpu / max(res.exchanges, 1) * 1e6:.0f} us/exchange")
         print(f"transport floor (best echo): {floor:.0f} exchanges/s")
 
-        results = {}
+        results: dict[int, LoadResult] = {}
         for w in worker_counts:
             sock = str(Path(tmp) / f"svc{w}.socket")
             with ServiceProcess(sock, plat.platform_dir, workers=w) as svc:
-                asyncio.run(load(sock, frames, args.clients, 0.5, True))  # warm-up
+                probe(sock, frames, args.clients, 0.5, True)  # warm-up
                 pids = [svc.pid, *children(svc.pid)]
                 cpu0 = cpu_seconds(pids)
-                n, lat, errors = asyncio.run(load(sock, frames, args.clients, args.duration, True))
-                cpu_us = (cpu_seconds(pids) - cpu0) / max(n, 1) * 1e6
+                res = probe(sock, frames, args.clients, args.duration, True)
+                cpu_us = (cpu_seconds(pids) - cpu0) / max(res.exchanges, 1) * 1e6
                 r = service_rss(svc.pid)
-            qps = n / args.duration
-            results[w] = qps
-            req = load.last_request  # type: ignore[attr-defined]
-            print(f"service, {w} worker{'s' if w > 1 else ' '}: {qps:8.0f} quotes/s         "
-                  f"p50 {pct(lat, 0.5):5.1f} ms  p99 {pct(lat, 0.99):5.1f} ms  errors {errors}  "
-                  f"(GetQuoteEx alone: p50 {pct(req, 0.5):.1f} ms p99 {pct(req, 0.99):.1f} ms)  "
-                  f"ratio to floor {qps / floor:.2f}  service CPU {cpu_us:.0f} us/quote  peak RSS main {r['main_peak'] / 1024:.1f} MB + "
+            results[w] = res
+            print(f"service, {w} worker{'s' if w > 1 else ' '}: {res.rate:6.0f} quotes/s    "
+                  f"              {_latency(res)}  errors {res.errors}  ratio to floor {res.rate / floor:.2f}  "
+                  f"service CPU {cpu_us:.0f} us/quote  peak RSS main {r['main_peak'] / 1024:.1f} MB + "
                   f"{r['n_workers']} workers {r['workers_peak'] / 1024:.1f} MB")
-        if len(results) > 1:
-            ws = sorted(results)
-            print("scaling: " + ", ".join(f"{w} worker(s) {results[w] / results[ws[0]]:.2f}x" for w in ws))
+        ws = sorted(results)
+        if len(ws) > 1:
+            print("scaling: " + ", ".join(f"{w} worker(s) {results[w].rate / results[ws[0]].rate:.2f}x" for w in ws))
+        best = max(results.values(), key=lambda x: x.rate)
+        # Closed loop: every client has exactly one exchange outstanding, so by Little's law the mean
+        # exchange latency is clients / throughput; a p99 is at least that mean.
+        print(f"closed-loop check (best run, {best.rate:.0f} quotes/s): mean exchange latency must be "
+              f"{args.clients} / {best.rate:.0f} = {args.clients / best.rate * 1000:.1f} ms "
+              f"(measured {best.exchange_ms['mean']:.1f}), mean request {best.request_ms['mean']:.1f} ms; "
+              f"targets: ratio >= 0.6 -> {best.rate / floor:.2f}, request p99 <= 10 ms -> "
+              f"{best.request_ms['p99']:.1f} ms (whole exchange p99 {best.exchange_ms['p99']:.1f} ms)")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ import base64
 import binascii
 import hashlib
 
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -25,6 +24,7 @@ from quotehelper.sgx.quote import (
     parse_quote,
 )
 from quotehelper.sgx.structs import ReportBody
+from quotehelper.verify.certs import Cert, from_der
 from quotehelper.verify.errors import ErrorCode, Kind, VerificationError
 
 _SHA256 = ec.ECDSA(hashes.SHA256())
@@ -98,9 +98,9 @@ def pck_chain_ders(q: Quote, collateral_chain: bytes | None) -> list[bytes]:
                             "give the PCK certificate chain in the collateral", {"cert_data_type": cd.type})
 
 
-def load_chain(ders: list[bytes], name: str = "pck") -> list[x509.Certificate]:
+def load_chain(ders: list[bytes], name: str = "pck") -> list[Cert]:
     try:
-        return [x509.load_der_x509_certificate(d) for d in ders]
+        return [from_der(d) for d in ders]
     except ValueError as e:
         raise VerificationError(ErrorCode.PCK_CHAIN_MALFORMED, f"{name} certificate does not parse: {e}",
                                 {"chain": name}, Kind.QUOTE) from e

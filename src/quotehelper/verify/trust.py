@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from quotehelper.verify.certs import Cert, register
 from quotehelper.verify.errors import ErrorCode, VerificationError
 
 INTEL_SGX_ROOT_CA_SHA256 = "44A0196B2B99F889B8E149E95B807A350E7424964399E885A7CBB8CCFAB674D3"
@@ -55,8 +56,18 @@ class TrustAnchor:
     known_issued: frozenset[x509.Certificate] = frozenset()  # pinned certificates this root signed
 
     @cached_property
+    def info(self) -> Cert:
+        """The anchor's certificate with its facts computed (the registered constant for Intel's root)."""
+        return register(Cert(self.cert, self.der)) if self.builtin else Cert(self.cert, self.der).precompute()
+
+    @cached_property
+    def pinned(self) -> frozenset[Cert]:
+        """`known_issued` as the objects the certificate loaders hand out (compared by identity)."""
+        return frozenset(register(Cert(c)) for c in self.known_issued)
+
+    @cached_property
     def public_key(self) -> ec.EllipticCurvePublicKey:
-        key = self.cert.public_key()
+        key = self.info.key
         assert isinstance(key, ec.EllipticCurvePublicKey)
         return key
 
@@ -96,31 +107,34 @@ def _intel_root() -> TrustAnchor:
     known = frozenset(x509.load_pem_x509_certificates(pem))
     if {fingerprint(c) for c in known} != INTEL_INTERMEDIATES_SHA256:
         raise RuntimeError("built-in Intel intermediates do not match their pinned SHA-256 fingerprints")
-    return TrustAnchor(anchor.cert, anchor.der, anchor.sha256, builtin=True, known_issued=known)
+    intel = TrustAnchor(anchor.cert, anchor.der, anchor.sha256, builtin=True, known_issued=known)
+    _ = (intel.info, intel.pinned)  # register the constants now, once
+    return intel
 
 
-def select_anchor(chain: list[x509.Certificate], anchors: tuple[TrustAnchor, ...],
-                  chain_name: str) -> tuple[TrustAnchor, list[x509.Certificate]]:
+def select_anchor(chain: list[Cert], anchors: tuple[TrustAnchor, ...],
+                  chain_name: str) -> tuple[TrustAnchor, list[Cert]]:
     """Picks the anchor the chain ends in; returns it and the chain without its root certificate."""
     top = chain[-1]
-    for a in anchors:  # fast path: the chain carries the anchor itself (DER equality)
-        if top == a.cert:
+    for a in anchors:  # fast path: the chain carries the anchor itself (the same object, or equal DER)
+        if top is a.info or top.x509 == a.cert:
             return a, chain[:-1]
-    if top.subject == top.issuer:
-        fp = fingerprint(top)
+    top_cert = top.x509
+    if top_cert.subject == top_cert.issuer:
+        fp = hashlib.sha256(top.der).hexdigest().upper()
         for a in anchors:
             if a.sha256 == fp:
                 return a, chain[:-1]
         what = KNOWN_NON_PRODUCTION_ROOTS.get(fp)
-        looks_intel = top.subject.rfc4514_string() == INTEL_SGX_ROOT_CA_NAME
+        looks_intel = top_cert.subject.rfc4514_string() == INTEL_SGX_ROOT_CA_NAME
         reason = (f"root is the {what}" if what else
                   "root copies the Intel SGX Root CA name but not its key" if looks_intel else
                   "root is not a trusted anchor")
         raise VerificationError(ErrorCode.ROOT_NOT_TRUSTED, f"{chain_name} chain: {reason}", {
-            "chain": chain_name, "root_subject": top.subject.rfc4514_string(), "root_sha256": fp,
+            "chain": chain_name, "root_subject": top_cert.subject.rfc4514_string(), "root_sha256": fp,
             "trusted_sha256": [a.sha256 for a in anchors]})
     for a in anchors:
-        if top.issuer == a.cert.subject:
+        if top_cert.issuer == a.cert.subject:
             return a, chain
     raise VerificationError(ErrorCode.ROOT_NOT_TRUSTED, f"{chain_name} chain: top certificate's issuer is not a "
-                            "trusted anchor", {"chain": chain_name, "issuer": top.issuer.rfc4514_string()})
+                            "trusted anchor", {"chain": chain_name, "issuer": top_cert.issuer.rfc4514_string()})

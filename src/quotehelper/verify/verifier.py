@@ -25,6 +25,7 @@ from quotehelper.errors import FormatError
 from quotehelper.sgx.pck import SGX_EXTENSION_OID, PckExtension
 from quotehelper.sgx.quote import CERT_PCK_CHAIN
 from quotehelper.verify import quote_checks as qc
+from quotehelper.verify.certs import Cert, wrap
 from quotehelper.verify.chain import ChainChecker, Window, cn, load_pem_chain
 from quotehelper.verify.collateral import Collateral
 from quotehelper.verify.errors import ErrorCode, Kind, VerificationError
@@ -33,6 +34,7 @@ from quotehelper.verify.tcb import QeIdentity, TcbInfo, check_dates, converge, m
 from quotehelper.verify.trust import TrustAnchor, select_anchor
 from quotehelper.verify.verdict import EnclaveIdentity, Verdict
 
+_SGX_OID = x509.ObjectIdentifier(SGX_EXTENSION_OID)
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -77,9 +79,8 @@ class VerifiedCollateral:
     qe_identity: QeIdentity
     window: Window
     oldest_issue: datetime
-    verified: set[tuple[x509.Certificate, x509.Certificate, int]] = field(default_factory=set)
-    key_ids: dict[x509.Certificate, bytes] = field(default_factory=dict)
-    crls: dict[Any, x509.CertificateRevocationList] = field(default_factory=dict)
+    verified: set[tuple[bytes, bytes]] = field(default_factory=set)
+    crls: dict[bytes, x509.CertificateRevocationList] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -213,30 +214,30 @@ class Verifier:
         ck.window.add(qe.issue_date, qe.next_update)
         # Collateral age: the monthly items (the root CA CRL is issued about once a year, so it is left out).
         oldest = min(tcb.issue_date, qe.issue_date, pck_crl.last_update_utc)
-        vc = VerifiedCollateral(anchor, tcb, qe, ck.window, oldest, verified=ck.verified, crls=ck.crls,
-                                key_ids=ck.key_ids)
+        vc = VerifiedCollateral(anchor, tcb, qe, ck.window, oldest, verified=ck.verified, crls=ck.crls)
         self._collateral_cache.put(key, vc)
         return vc
 
     @staticmethod
-    def _check_signed(signer: x509.Certificate, data: bytes, sig: bytes, what: str, code: ErrorCode) -> None:
-        key = signer.public_key()
+    def _check_signed(signer: Cert | x509.Certificate, data: bytes, sig: bytes, what: str, code: ErrorCode) -> None:
+        signer = wrap(signer)
+        key = signer.key
         if not isinstance(key, ec.EllipticCurvePublicKey) or not qc.raw_signature_valid(key, sig, data):
             raise VerificationError(code, f"{what} signature does not verify with {cn(signer)}'s key over the exact "
-                                    "signed bytes", {"signer": signer.subject.rfc4514_string()})
+                                    "signed bytes", {"signer": signer.x509.subject.rfc4514_string()})
 
-    def _verify_pck(self, certs: list[x509.Certificate], vc: VerifiedCollateral, now: datetime) -> VerifiedPck:
+    def _verify_pck(self, certs: list[Cert], vc: VerifiedCollateral, now: datetime) -> VerifiedPck:
         ck = ChainChecker(vc.anchor, now, self.options.check_revocation, self.options.pinned_intermediates,
-                          verified=vc.verified, crls=vc.crls,
-                          key_ids=vc.key_ids)
-        leaf = ck.check_chain(certs, "pck", Kind.QUOTE)
+                          verified=vc.verified, crls=vc.crls)
+        leaf_cert = ck.check_chain(certs, "pck", Kind.QUOTE)
+        leaf = leaf_cert.x509
         try:
-            der = leaf.extensions.get_extension_for_oid(x509.ObjectIdentifier(SGX_EXTENSION_OID)).value
+            der = leaf.extensions.get_extension_for_oid(_SGX_OID).value
             ext = PckExtension.parse(der.value)  # type: ignore[attr-defined]
         except (x509.ExtensionNotFound, FormatError) as e:
             raise VerificationError(ErrorCode.PCK_EXTENSION_MALFORMED, f"PCK certificate SGX extension: {e}",
                                     {"subject": leaf.subject.rfc4514_string()}) from e
-        key = leaf.public_key()
+        key = leaf_cert.key
         if not isinstance(key, ec.EllipticCurvePublicKey):
             raise VerificationError(ErrorCode.PCK_CHAIN_MALFORMED, "PCK key is not ECDSA", {"chain": "pck"})
         issuer = cn(leaf.issuer)

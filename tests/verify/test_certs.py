@@ -1,0 +1,48 @@
+"""Certificate objects: Intel's pinned certificates are shared, precomputed constants, handed out only for
+byte-identical input; a tampered copy is a new object whose signature is checked."""
+
+from __future__ import annotations
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from quotehelper.verify import ErrorCode, TrustAnchor, Verifier
+from quotehelper.verify.certs import Cert, from_der, wrap
+from tests.conftest import TESTDATA
+from tests.verify.helpers import CASES
+
+PCK_CA_PEM = (TESTDATA / "intel-root/Intel_SGX_PCK_Processor_CA.pem").read_bytes()
+DER = serialization.Encoding.DER
+
+
+def test_pinned_certificates_are_shared_and_precomputed() -> None:
+    anchor = TrustAnchor.intel()
+    ca = x509.load_pem_x509_certificate(PCK_CA_PEM)
+    der = ca.public_bytes(DER)
+    shared = wrap(ca)
+    assert shared in anchor.pinned and from_der(der) is shared and wrap(anchor.cert) is anchor.info
+    fresh = Cert(x509.load_der_x509_certificate(der))  # the same facts, computed from scratch
+    assert shared.der == der and shared.key_id == fresh.key_id
+    assert (shared.basic_constraints, shared.key_usage) == (fresh.basic_constraints, fresh.key_usage)
+    assert (shared.not_before, shared.not_after) == (fresh.not_before, fresh.not_after)
+
+
+def test_tampered_copy_of_a_pinned_certificate_is_not_trusted() -> None:
+    """Same signature value, one byte of the signed part changed: not the pinned object, and the chain
+    fails on the signature (not skipped because the root signature of the real one is pinned)."""
+    der = x509.load_pem_x509_certificate(PCK_CA_PEM).public_bytes(DER)
+    at = der.index(b"Intel SGX PCK Processor CA")
+    bad_der = der[:at] + b"X" + der[at + 1:]
+    bad = x509.load_der_x509_certificate(bad_der)
+    assert bad.signature == x509.load_der_x509_certificate(der).signature
+    assert wrap(bad) not in TrustAnchor.intel().pinned and from_der(bad_der) not in TrustAnchor.intel().pinned
+
+    case = CASES["phala"]
+    coll = case.load()
+    root_pem = x509.load_pem_x509_certificates(coll.pck_crl_issuer_chain)[-1].public_bytes(serialization.Encoding.PEM)
+    chain = bad.public_bytes(serialization.Encoding.PEM) + root_pem
+    tampered = type(coll)(**{**{k: v for k, v in coll.__dict__.items() if k != "content_hash"},
+                             "pck_crl_issuer_chain": chain})
+    v = Verifier().verify(case.quote_bytes(), tampered, now=case.when())
+    assert v.error.code is ErrorCode.CERT_SIGNATURE_INVALID
+    assert v.error.detail["chain"] == "pck_crl_issuer_chain" and v.error.detail["index"] == 0

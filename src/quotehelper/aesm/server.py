@@ -67,12 +67,15 @@ class AesmResponder:
     calls join a bounded FIFO drained a few at a time per event-loop iteration (so accepts and cheap
     calls interleave with quoting); when the FIFO is full the answer is AESM_BUSY, so memory stays bounded.
 
-    Successful InitQuoteEx/GetQuoteSizeEx answers are memoised per request payload when `memo` is set:
-    right for engines that keep their attestation key for the life of the process (the software QE),
-    wrong for ones that may re-certify it (leave `memo` off for DCAP).
+    Replies that are a function of the request bytes alone are kept in a small table keyed by those
+    bytes, so a repeated request costs one dict lookup (no protobuf parse): every inline answer (the
+    dispatcher's state is fixed for its lifetime), and, when `memo` is set, successful
+    InitQuoteEx/GetQuoteSizeEx answers - right for engines that keep their attestation key for the life
+    of the process (the software QE), wrong for ones that may re-certify it (leave `memo` off for DCAP).
     """
 
-    MEMO_LIMIT = 64  # payloads differ only in key id and timeout; bounded anyway
+    MEMO_LIMIT = 64  # entries; payloads differ only in key id and timeout. Oldest evicted first.
+    MEMO_MAX_PAYLOAD = 2048  # requests above this (e.g. a long SelectAttKeyID list) are not kept
     BATCH = 8  # engine calls per event-loop iteration
 
     def __init__(self, dispatcher: Dispatcher, engine: QuotingEngine, *, queue_limit: int = 64,
@@ -82,11 +85,21 @@ class AesmResponder:
         self.queue_limit = queue_limit
         self.memo = memo
         self.busy_replies = 0
-        self._memo: dict[tuple[int, bytes], bytes] = {}
-        self._queue: collections.deque[tuple[EngineCall, asyncio.Future[bytes]]] = collections.deque()
+        self._replies: dict[bytes, bytes] = {}
+        self._queue: collections.deque[tuple[EngineCall, asyncio.Future[bytes], bytes]] = collections.deque()
         self._scheduled = False
 
+    def _remember(self, payload: bytes, frame: bytes) -> None:
+        if len(payload) > self.MEMO_MAX_PAYLOAD:
+            return
+        if len(self._replies) >= self.MEMO_LIMIT:
+            del self._replies[next(iter(self._replies))]
+        self._replies[payload] = frame
+
     def __call__(self, payload: bytes) -> Reply:
+        hit = self._replies.get(payload)
+        if hit is not None:
+            return hit
         try:
             req = parse_request(payload)
         except BadFrame:
@@ -95,17 +108,15 @@ class AesmResponder:
         if out is None:
             return None
         if not isinstance(out, EngineCall):
-            return encode_frame(out.SerializeToString())
-        if self.memo and out.tag != GET_QUOTE_EX:
-            hit = self._memo.get((out.tag, out.payload))
-            if hit is not None:
-                return hit
+            frame = encode_frame(out.SerializeToString())
+            self._remember(payload, frame)
+            return frame
         if len(self._queue) >= self.queue_limit:
             self.busy_replies += 1
             return encode_frame(failure_response(out, AesmError.BUSY))
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bytes] = loop.create_future()
-        self._queue.append((out, fut))
+        self._queue.append((out, fut, payload))
         if not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._drain)
@@ -118,11 +129,11 @@ class AesmResponder:
     def _drain(self) -> None:
         try:
             for _ in range(min(self.BATCH, len(self._queue))):
-                call, fut = self._queue.popleft()
+                call, fut, payload = self._queue.popleft()
                 if fut.done():  # the client went away meanwhile
                     continue
                 try:
-                    fut.set_result(self._execute(call))
+                    fut.set_result(self._execute(call, payload))
                 except Exception:  # never leave a client waiting on a future nobody will complete
                     log.exception("engine call %d failed", call.tag)
                     fut.set_result(encode_frame(failure_response(call, AesmError.UNEXPECTED_ERROR)))
@@ -132,13 +143,13 @@ class AesmResponder:
             else:
                 self._scheduled = False
 
-    def _execute(self, call: EngineCall) -> bytes:
+    def _execute(self, call: EngineCall, payload: bytes) -> bytes:
         res = run_engine_call(self.engine, call)
         frame = encode_frame(res.SerializeToString())
-        if self.memo and call.tag != GET_QUOTE_EX and len(self._memo) < self.MEMO_LIMIT:
+        if self.memo and call.tag != GET_QUOTE_EX and payload not in self._replies:
             (_, sub), = res.ListFields()
             if sub.errorCode == AesmError.SUCCESS:
-                self._memo[(call.tag, call.payload)] = frame
+                self._remember(payload, frame)
         return frame
 
 

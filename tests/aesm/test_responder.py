@@ -1,0 +1,97 @@
+"""AesmResponder's reply table (keyed by the raw request bytes): what it may keep, what it must not, and
+its bound; with the real sim engine, counted by a thin delegating wrapper."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from quotehelper.aesm import messages_pb2 as pb
+from quotehelper.aesm.handlers import Dispatcher
+from quotehelper.aesm.server import AesmResponder
+from quotehelper.platform.engine import QuotingEngine
+from quotehelper.platform.sim import SimPlatform
+from quotehelper.sgx.structs import DEFAULT_ECDSA_ATT_KEY_ID
+
+KID = DEFAULT_ECDSA_ATT_KEY_ID.to_bytes()
+
+
+class Counting:
+    """Delegates to a real engine and counts the calls that reach it."""
+
+    def __init__(self, engine: QuotingEngine) -> None:
+        self.engine = engine
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self.engine, name)
+        if name in ("init_quote", "quote_size", "get_quote"):
+            def counted(*a: object) -> object:
+                self.calls += 1
+                return attr(*a)
+            return counted
+        return attr
+
+
+def ask(responder: AesmResponder, req: pb.Request) -> pb.Response:
+    async def go() -> bytes:
+        out = responder(req.SerializeToString())
+        if isinstance(out, asyncio.Future):
+            out = await out
+        assert isinstance(out, bytes)
+        return out
+    return pb.Response.FromString(asyncio.run(go())[4:])
+
+
+def size_req(timeout: int = 15000) -> pb.Request:
+    req = pb.Request()
+    req.getQuoteSizeExReq.att_key_id = KID
+    req.getQuoteSizeExReq.timeout = timeout
+    return req
+
+
+def init_req(timeout: int = 15000, b_pub: bool = True) -> pb.Request:
+    req = pb.Request()
+    req.initQuoteExReq.att_key_id = KID
+    req.initQuoteExReq.b_pub_key_id = b_pub
+    req.initQuoteExReq.buf_size = 32
+    req.initQuoteExReq.timeout = timeout
+    return req
+
+
+def responder(plat: SimPlatform, memo: bool) -> tuple[AesmResponder, Counting]:
+    eng = Counting(plat.engine())
+    return AesmResponder(Dispatcher([DEFAULT_ECDSA_ATT_KEY_ID]), eng, memo=memo), eng  # type: ignore[arg-type]
+
+
+def test_failures_are_never_kept_and_successes_are_with_memo(tmp_path: Path) -> None:
+    r, eng = responder(SimPlatform.create(tmp_path / "p"), memo=True)
+    assert ask(r, size_req()).getQuoteSizeExRes.errorCode == 42  # no key yet
+    assert ask(r, size_req()).getQuoteSizeExRes.errorCode == 42  # asked the engine again
+    assert eng.calls == 2
+    first = ask(r, init_req())
+    assert first.initQuoteExRes.errorCode == 0 and len(first.initQuoteExRes.pub_key_id) == 32
+    size = ask(r, size_req()).getQuoteSizeExRes
+    assert size.errorCode == 0 and size.quote_size > 1000
+    calls = eng.calls
+    assert ask(r, init_req()) == first and ask(r, size_req()).getQuoteSizeExRes == size
+    assert eng.calls == calls  # both answered from the table
+
+
+def test_without_memo_engine_calls_always_reach_the_engine(tmp_path: Path) -> None:
+    r, eng = responder(SimPlatform.create(tmp_path / "p"), memo=False)
+    for _ in range(3):
+        assert ask(r, init_req()).initQuoteExRes.errorCode == 0
+    assert eng.calls == 3
+    probe = ask(r, init_req(b_pub=False)).initQuoteExRes  # inline: kept even without memo, no engine
+    assert (probe.errorCode, probe.target_info, eng.calls) == (0, bytes(512), 3)
+
+
+def test_table_is_bounded_and_answers_stay_right(tmp_path: Path) -> None:
+    r, eng = responder(SimPlatform.create(tmp_path / "p"), memo=True)
+    ask(r, init_req())
+    for t in range(3 * AesmResponder.MEMO_LIMIT):  # distinct payloads (timeout differs), same answer
+        res = ask(r, init_req(timeout=t, b_pub=False)).initQuoteExRes
+        assert (res.errorCode, res.pub_key_id_size) == (0, 32)
+        assert len(r._replies) <= AesmResponder.MEMO_LIMIT
+    assert ask(r, size_req(timeout=1)).getQuoteSizeExRes.errorCode == 0  # evicted or not: still right

@@ -46,3 +46,26 @@ def test_tampered_copy_of_a_pinned_certificate_is_not_trusted() -> None:
     v = Verifier().verify(case.quote_bytes(), tampered, now=case.when())
     assert v.error.code is ErrorCode.CERT_SIGNATURE_INVALID
     assert v.error.detail["chain"] == "pck_crl_issuer_chain" and v.error.detail["index"] == 0
+
+
+def test_known_pem_chain_is_what_cryptography_loads() -> None:
+    """Intel's chains as PCS serves them come back as the registered objects without parsing; anything
+    else (another PEM block, a changed or re-wrapped body, an unknown certificate) goes to the loader."""
+    from quotehelper.verify.certs import load_known_pem
+
+    pem = CASES["phala"].load().tcb_info_issuer_chain
+    known = load_known_pem(pem)
+    assert known is not None and len(known) == 2
+    assert known == [wrap(c) for c in x509.load_pem_x509_certificates(pem)]
+    assert load_known_pem(pem.replace(b"\n", b"\r\n")) == known
+    key = b"-----BEGIN PUBLIC KEY-----\nMFkw\n-----END PUBLIC KEY-----\n"
+    sim_leaf = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    lines = pem.split(b"\n")
+    rewrapped = b"\n".join(lines[:2] + [lines[2] + lines[3]] + lines[4:])  # same base64, other line breaks
+    assert load_known_pem(rewrapped) == known  # the same DER either way
+    for other in (pem + key, sim_leaf + pem, pem.replace(b"\nMII", b"\n MII", 1),
+                  pem.replace(b"-----END CERTIFICATE-----", b"-----END X509 CERTIFICATE-----", 1)):
+        assert load_known_pem(other) is None
+    flipped = bytearray(pem)
+    flipped[100] ^= 0x01
+    assert load_known_pem(bytes(flipped)) is None

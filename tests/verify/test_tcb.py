@@ -179,3 +179,59 @@ def test_convergence(platform: str, qe: str, out: str) -> None:
 
 def test_advisories_union_platform_first() -> None:
     assert merge_advisories(("A", "B"), ("B", "C")) == ["A", "B", "C"]
+
+
+def _force_strict(monkeypatch: pytest.MonkeyPatch) -> None:
+    from quotehelper.verify import tcb
+
+    def slow(*_: object) -> None:
+        raise tcb._Slow
+    monkeypatch.setattr(tcb, "_fast_levels", slow)
+    monkeypatch.setattr(tcb, "_fast_qe_levels", slow)
+
+
+def test_fast_level_readers_agree_with_the_strict_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The one-pass readers give exactly the levels the per-field reader gives, for every sample."""
+    colls = [c.load() for c in CASES.values()]
+    fast = [(TcbInfo.parse(c.tcb_info), QeIdentity.parse(c.qe_identity)) for c in colls]
+    _force_strict(monkeypatch)
+    strict = [(TcbInfo.parse(c.tcb_info), QeIdentity.parse(c.qe_identity)) for c in colls]
+    assert fast == strict and {t.version for t, _ in fast} == {2, 3}
+
+
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("change,where", [
+    (lambda lv: lv.update(tcbStatus=["UpToDate"]), "tcbStatus"),       # unhashable status
+    (lambda lv: lv.update(tcbStatus="Fine"), "tcbStatus"),
+    (lambda lv: lv["tcb"]["sgxtcbcomponents"][3].update(svn=True), "svn"),   # bool is not an integer
+    (lambda lv: lv["tcb"]["sgxtcbcomponents"][3].update(svn=256), "svn"),
+    (lambda lv: lv["tcb"]["sgxtcbcomponents"].__setitem__(3, [1]), "sgxtcbcomponents[3]"),
+    (lambda lv: lv["tcb"]["sgxtcbcomponents"].pop(), "sgxtcbcomponents"),
+    (lambda lv: lv["tcb"].update(pcesvn=13.0), "pcesvn"),
+    (lambda lv: lv["tcb"].update(pcesvn=-1), "pcesvn"),
+    (lambda lv: lv.update(advisoryIDs="INTEL-SA-00615"), "advisoryIDs"),
+    (lambda lv: lv.update(advisoryIDs=[615]), "advisoryIDs"),
+    (lambda lv: lv.update(tcbDate="2024-03-13"), "tcbDate"),
+    (lambda lv: lv.pop("tcb"), "tcb"),
+])
+def test_odd_tcb_levels_are_named(change, where: str, strict: bool, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A bad value in the last level is TCB_INFO_MALFORMED naming the field, however it is odd."""
+    d = json.loads(CASES["phala"].load().tcb_info)
+    assert d["version"] == 3
+    change(d["tcbLevels"][-1])
+    if strict:
+        _force_strict(monkeypatch)
+    with pytest.raises(VerificationError) as e:
+        TcbInfo.parse(json.dumps(d).encode())
+    assert e.value.code is ErrorCode.TCB_INFO_MALFORMED and where in e.value.detail["field"]
+    assert f"tcbLevels[{len(d['tcbLevels']) - 1}]" in e.value.detail["field"]
+
+
+@pytest.mark.parametrize("bad_level", [[1], "level", {"tcb": {"isvsvn": 8}, "tcbDate": "2024-03-13T00:00:00Z",
+                                                      "tcbStatus": {"UpToDate": 1}}])
+def test_odd_qe_levels_are_named(bad_level: object) -> None:
+    d = json.loads(CASES["phala"].load().qe_identity)
+    d["tcbLevels"].append(bad_level)
+    with pytest.raises(VerificationError) as e:
+        QeIdentity.parse(json.dumps(d).encode())
+    assert e.value.code is ErrorCode.QE_IDENTITY_MALFORMED and "tcbLevels[" in e.value.detail["field"]

@@ -13,6 +13,7 @@ and CRLs.
 
 from __future__ import annotations
 
+import binascii
 from datetime import datetime
 from typing import Any
 
@@ -30,12 +31,12 @@ class Cert:
     """One certificate and its lazily computed facts. Identity semantics (`is`, default hash): the
     same object means the same certificate; different objects may still hold equal DER."""
 
-    __slots__ = ("x509", "_der", "_key", "_key_id", "_bc", "_ku", "_not_before", "_not_after")
+    __slots__ = ("x509", "_der", "_key", "_key_id", "_bc", "_ku", "_not_before", "_not_after", "_cn")
 
     def __init__(self, cert: x509.Certificate, der: bytes | None = None) -> None:
         self.x509 = cert
         self._der = der if der is not None else _UNSET
-        self._key = self._key_id = self._bc = self._ku = self._not_before = self._not_after = _UNSET
+        self._key = self._key_id = self._bc = self._ku = self._not_before = self._not_after = self._cn = _UNSET
 
     def __repr__(self) -> str:
         return f"Cert({self.x509.subject.rfc4514_string()})"
@@ -102,25 +103,63 @@ class Cert:
             t = self._not_after = self.x509.not_valid_after_utc
         return t  # type: ignore[no-any-return]
 
+    @property
+    def common_name(self) -> str:
+        """The subject's CN (or the whole subject when it has none)."""
+        n = self._cn
+        if n is _UNSET:
+            name = self.x509.subject
+            attrs = name.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+            n = self._cn = str(attrs[0].value) if attrs else name.rfc4514_string()
+        return n  # type: ignore[no-any-return]
+
     def precompute(self) -> Cert:
         """Every fact now (for process-wide constants, so no thread ever computes them lazily)."""
-        _ = (self.der, self.key, self.basic_constraints, self.key_usage, self.not_before, self.not_after)
+        _ = (self.der, self.key, self.basic_constraints, self.key_usage, self.not_before, self.not_after,
+             self.common_name)
         if isinstance(self.key, ec.EllipticCurvePublicKey):
             _ = self.key_id
         return self
 
 
-# Process-wide constants: Intel's root and published intermediates, by DER and by signature value.
+# Process-wide constants: Intel's root and published intermediates, by DER, by signature value and by
+# canonical base64 (PEM bodies without line breaks: how PCS and QE3 write them).
 _KNOWN_BY_DER: dict[bytes, Cert] = {}
 _KNOWN_BY_SIGNATURE: dict[bytes, Cert] = {}
+_KNOWN_BY_B64: dict[bytes, Cert] = {}
+_BEGIN, _END = b"-----BEGIN CERTIFICATE-----", b"-----END CERTIFICATE-----"
 
 
 def register(cert: Cert) -> Cert:
     """Makes a pinned certificate's precomputed object the one every loader hands out for its DER."""
     cert.precompute()
-    _KNOWN_BY_DER.setdefault(cert.der, cert)
-    _KNOWN_BY_SIGNATURE.setdefault(cert.x509.signature, cert)
-    return _KNOWN_BY_DER[cert.der]
+    known = _KNOWN_BY_DER.setdefault(cert.der, cert)
+    _KNOWN_BY_SIGNATURE.setdefault(known.x509.signature, known)
+    _KNOWN_BY_B64.setdefault(binascii.b2a_base64(known.der, newline=False), known)
+    return known
+
+
+def known_b64(b64: bytes) -> Cert | None:
+    """The registered certificate whose DER has exactly this canonical base64 text (no line breaks)."""
+    return _KNOWN_BY_B64.get(b64)
+
+
+def load_known_pem(pem: bytes) -> list[Cert] | None:
+    """A PEM chain made only of registered certificates, without decoding or parsing anything: every
+    block's body (line breaks removed) must be the canonical base64 of a registered DER, and the text
+    must hold no other PEM block, so cryptography's loader would return exactly these certificates.
+    None = not that case; use the loader."""
+    parts = pem.split(_END)  # (str methods: a lazy regex over the text costs more than the rest)
+    if len(parts) < 2 or pem.count(b"-----BEGIN") != len(parts) - 1:
+        return None
+    out = []
+    for part in parts[:-1]:
+        _, sep, body = part.partition(_BEGIN)
+        known = _KNOWN_BY_B64.get(body.replace(b"\r", b"").replace(b"\n", b"")) if sep else None
+        if known is None:
+            return None
+        out.append(known)
+    return out
 
 
 def wrap(cert: x509.Certificate | Cert) -> Cert:

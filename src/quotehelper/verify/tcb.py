@@ -10,6 +10,8 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import chain
+from operator import attrgetter
 from typing import Any
 
 from quotehelper.sgx.pck import PckExtension
@@ -129,7 +131,9 @@ class _Slow(Exception):
 
 _V2_KEYS = tuple(f"sgxtcbcomp{j:02d}svn" for j in range(1, 17))
 _STATUS_SET = frozenset(TCB_STATUSES)
-_U8, _INT, _STR = frozenset(range(256)), {int}, {str}
+_U8, _INT, _STR, _DICT, _LIST, _16 = frozenset(range(256)), {int}, {str}, {dict}, {list}, {16}
+_NO_ADVISORIES: list[str] = []  # (read only)
+_LEVEL_ORDER = attrgetter("sgx_components", "pcesvn")
 _date_memo: dict[str, datetime] = {}
 
 
@@ -147,40 +151,57 @@ def _fast_date(v: Any) -> datetime:
     return d
 
 
-def _fast_level(lv: Any, version: int) -> TcbLevel:
-    """One TCB level without per-field objects (a TCB info holds 10-40 levels x 16 components)."""
-    if type(lv) is not dict:
-        raise _Slow
-    tcb = lv.get("tcb")
-    if type(tcb) is not dict:
-        raise _Slow
-    if version == 3:
-        comps = tcb.get("sgxtcbcomponents")
-        if type(comps) is not list or len(comps) != 16:
+def _fast_levels(raw: list[Any], version: int) -> list[TcbLevel]:
+    """All TCB levels at once (a TCB info holds 10-40 levels x 16 components): each check is one C-level
+    pass over every level (comprehensions, set operations) instead of per-field Python calls. Accepts
+    exactly what `_strict_level` accepts, with the same result; anything unusual -> _Slow."""
+    try:
+        if set(map(type, raw)) != _DICT:
             raise _Slow
-        try:
-            svns = tuple([c["svn"] for c in comps])
-        except (KeyError, TypeError) as e:
-            raise _Slow from e
-    else:
-        svns = tuple(map(tcb.get, _V2_KEYS))
-    pcesvn, status, adv = tcb.get("pcesvn"), lv.get("tcbStatus"), lv.get("advisoryIDs", [])
-    # set operations run in C; type checks keep bools and floats (1.0 == 1) out
-    if (set(map(type, svns)) != _INT or not _U8.issuperset(svns) or type(pcesvn) is not int
-            or not 0 <= pcesvn <= 65535 or status not in _STATUS_SET or type(adv) is not list
-            or not set(map(type, adv)) <= _STR):
-        raise _Slow
-    return TcbLevel(svns, pcesvn, _fast_date(lv.get("tcbDate")), status, tuple(adv))
+        tcbs = [lv["tcb"] for lv in raw]
+        if set(map(type, tcbs)) != _DICT:
+            raise _Slow
+        if version == 3:
+            comps = [t["sgxtcbcomponents"] for t in tcbs]
+            if set(map(type, comps)) != _LIST or set(map(len, comps)) != _16:
+                raise _Slow
+            flat = [c["svn"] for cs in comps for c in cs]  # a non-dict component raises TypeError
+        else:
+            flat = [t.get(k) for t in tcbs for k in _V2_KEYS]
+        pces = [t.get("pcesvn") for t in tcbs]
+        statuses = [lv.get("tcbStatus") for lv in raw]
+        advs = [lv.get("advisoryIDs", _NO_ADVISORIES) for lv in raw]
+        # type checks keep bools and floats (1.0 == 1) out; an unhashable status raises TypeError
+        if (set(map(type, flat)) != _INT or not _U8.issuperset(flat) or set(map(type, pces)) != _INT
+                or min(pces) < 0 or max(pces) > 65535 or not _STATUS_SET.issuperset(statuses)
+                or set(map(type, advs)) != _LIST or not set(map(type, chain.from_iterable(advs))) <= _STR):
+            raise _Slow
+        dates = [_fast_date(lv.get("tcbDate")) for lv in raw]
+    except (KeyError, TypeError) as e:
+        raise _Slow from e
+    return [TcbLevel(tuple(flat[16 * i:16 * i + 16]), pces[i], dates[i], statuses[i], tuple(advs[i]))
+            for i in range(len(raw))]
 
 
-def _fast_qe_level(lv: Any) -> QeTcbLevel:
-    tcb = lv.get("tcb") if type(lv) is dict else None
-    isvsvn = tcb.get("isvsvn") if type(tcb) is dict else None
-    status, adv = lv.get("tcbStatus"), lv.get("advisoryIDs", [])
-    if (type(isvsvn) is not int or not 0 <= isvsvn <= 65535 or status not in _STATUS_SET or type(adv) is not list
-            or not set(map(type, adv)) <= _STR):
-        raise _Slow
-    return QeTcbLevel(isvsvn, _fast_date(lv.get("tcbDate")), status, tuple(adv))
+def _fast_qe_levels(raw: list[Any]) -> list[QeTcbLevel]:
+    """QE identity levels, the same way."""
+    try:
+        if set(map(type, raw)) != _DICT:
+            raise _Slow
+        tcbs = [lv["tcb"] for lv in raw]
+        if set(map(type, tcbs)) != _DICT:
+            raise _Slow
+        svns = [t["isvsvn"] for t in tcbs]
+        statuses = [lv.get("tcbStatus") for lv in raw]
+        advs = [lv.get("advisoryIDs", _NO_ADVISORIES) for lv in raw]
+        if (set(map(type, svns)) != _INT or min(svns) < 0 or max(svns) > 65535
+                or not _STATUS_SET.issuperset(statuses) or set(map(type, advs)) != _LIST
+                or not set(map(type, chain.from_iterable(advs))) <= _STR):
+            raise _Slow
+        dates = [_fast_date(lv.get("tcbDate")) for lv in raw]
+    except (KeyError, TypeError) as e:
+        raise _Slow from e
+    return [QeTcbLevel(svns[i], dates[i], statuses[i], tuple(advs[i])) for i in range(len(raw))]
 
 
 def _strict_level(lv: _Fields, version: int) -> TcbLevel:
@@ -226,10 +247,10 @@ class TcbInfo:
                                     {"field": "tcbInfo.tcbType", "value": tcb_type})
         raw_levels = f.list("tcbLevels")
         try:
-            levels = [_fast_level(lv, version) for lv in raw_levels]
+            levels = _fast_levels(raw_levels, version)
         except _Slow:  # re-walk with the checked accessors only to name the bad field precisely
             levels = [_strict_level(f.sub("tcbLevels", i), version) for i in range(len(raw_levels))]
-        levels.sort(key=lambda lv: (lv.sgx_components, lv.pcesvn), reverse=True)
+        levels.sort(key=_LEVEL_ORDER, reverse=True)
         return cls(tee_id, version, f.date("issueDate"), f.date("nextUpdate"), f.hex("fmspc", 6),
                    f.hex("pceId", 2) if f.has("pceId") else None, tcb_type,
                    f.int("tcbEvaluationDataNumber") if f.has("tcbEvaluationDataNumber") else None, tuple(levels))
@@ -289,7 +310,7 @@ class QeIdentity:
                                     "the SGX QE identity, version 2", {"id": ident, "version": version})
         raw_levels = f.list("tcbLevels")
         try:
-            levels = [_fast_qe_level(lv) for lv in raw_levels]
+            levels = _fast_qe_levels(raw_levels)
         except _Slow:
             levels = []
             for i in range(len(raw_levels)):

@@ -240,7 +240,9 @@ class Verifier:
         key = leaf_cert.key
         if not isinstance(key, ec.EllipticCurvePublicKey):
             raise VerificationError(ErrorCode.PCK_CHAIN_MALFORMED, "PCK key is not ECDSA", {"chain": "pck"})
-        issuer = cn(leaf.issuer)
+        # The CA that signed the leaf (its name is precomputed for Intel's pinned CAs; reading the
+        # leaf's own issuer field would build x509.Name objects for every quote)
+        issuer = cn(certs[1] if len(certs) > 1 else vc.anchor.info)
         ca_type = "platform" if "Platform" in issuer or ext.is_platform_ca else "processor"
         return VerifiedPck(key, ext, ca_type, ck.window)
 

@@ -2,7 +2,7 @@
 
 This process only supervises, so it imports neither protobuf nor any engine (measured: 20 MB resident
 instead of 43 MB when it was the CLI process). `quotehelper serve` validates its options and then
-replaces itself (exec, same pid) with `python -m quotehelper.aesm.service ...`.
+replaces itself (exec, same pid) with `python -m quotehelper.aesm.entry service ...` (entry.py).
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class QuoteService:
 def exec_args(socket_path: str, spec: EngineSpec, *, mode: int, workers: int | None, config: ServeConfig,
               verbose: bool = False) -> list[str]:
     """argv that runs this module as the service (what `quotehelper serve` execs into)."""
-    args = [sys.executable, "-m", "quotehelper.aesm.service", "--socket", socket_path, "--mode", f"{mode:o}",
+    args = [sys.executable, "-m", "quotehelper.aesm.entry", "service", "--socket", socket_path, "--mode", f"{mode:o}",
             "--spec", json.dumps({"target": spec.target, "args": list(spec.args), "then": spec.then}),
             "--config", json.dumps(dataclasses.asdict(config))]
     if workers:
@@ -97,7 +97,7 @@ def exec_args(socket_path: str, spec: EngineSpec, *, mode: int, workers: int | N
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m quotehelper.aesm.service",
+    ap = argparse.ArgumentParser(prog="python -m quotehelper.aesm.entry service",
                                  description="The quote service (normally started by `quotehelper serve`).")
     ap.add_argument("--socket", required=True)
     ap.add_argument("--mode", default=f"{DEFAULT_SOCKET_MODE:o}")

@@ -137,7 +137,7 @@ class WorkerSupervisor:
         await asyncio.gather(*(self._spawn(i) for i in range(self.size)))
 
     async def _spawn(self, index: int) -> None:
-        # A fresh interpreter (`python -m quotehelper.aesm.workers`), not fork: no copied event loop or
+        # A fresh interpreter (`python -m quotehelper.aesm.entry worker`), not fork: no copied event loop or
         # locks, no re-import of the caller's __main__.
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         args = json.dumps({"target": self.spec.target, "args": list(self.spec.args), "then": self.spec.then,
@@ -145,7 +145,7 @@ class WorkerSupervisor:
         fds = (self.listen.fileno(), child.fileno())
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "quotehelper.aesm.workers", str(fds[0]), str(fds[1]), args,
+                sys.executable, "-m", "quotehelper.aesm.entry", "worker", str(fds[0]), str(fds[1]), args,
                 pass_fds=fds, stdin=asyncio.subprocess.DEVNULL)
         finally:
             child.close()
@@ -201,12 +201,9 @@ class WorkerSupervisor:
         self._workers = [None] * self.size
 
 
-def _main(argv: list[str]) -> None:
-    """`python -m quotehelper.aesm.workers LISTEN_FD STATUS_FD JSON` (started by WorkerSupervisor)."""
+def worker_entry(argv: list[str]) -> None:
+    """`python -m quotehelper.aesm.entry worker LISTEN_FD STATUS_FD JSON` (started by WorkerSupervisor)."""
     listen_fd, status_fd, spec = int(argv[0]), int(argv[1]), json.loads(argv[2])
     cfg = ServeConfig(**spec["config"])
     worker_main(listen_fd, status_fd, EngineSpec(spec["target"], tuple(spec["args"]), spec["then"]), cfg)
 
-
-if __name__ == "__main__":
-    _main(sys.argv[1:])

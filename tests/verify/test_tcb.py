@@ -235,3 +235,36 @@ def test_odd_qe_levels_are_named(bad_level: object) -> None:
     with pytest.raises(VerificationError) as e:
         QeIdentity.parse(json.dumps(d).encode())
     assert e.value.code is ErrorCode.QE_IDENTITY_MALFORMED and "tcbLevels[" in e.value.detail["field"]
+
+
+def test_orjson_and_json_give_the_same_results(monkeypatch: pytest.MonkeyPatch) -> None:
+    """orjson is only a faster decoder: every sample parses identically with json alone."""
+    from quotehelper.verify import tcb
+
+    assert tcb._orjson is not None  # a dependency: the fast path is what runs
+    colls = [c.load() for c in CASES.values()]
+    fast = [(TcbInfo.parse(c.tcb_info), QeIdentity.parse(c.qe_identity)) for c in colls]
+    monkeypatch.setattr(tcb, "_orjson", None)
+    assert fast == [(TcbInfo.parse(c.tcb_info), QeIdentity.parse(c.qe_identity)) for c in colls]
+
+
+@pytest.mark.parametrize("use_orjson", [True, False])
+def test_json_edge_cases(use_orjson: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What orjson refuses or reads differently is decided as json decides: a lone surrogate in a field we
+    ignore is fine, an integer above 64 bits is not an integer in range, NaN is not JSON, deep nesting is
+    malformed (not a RecursionError out of the verifier)."""
+    from quotehelper.verify import tcb
+
+    if not use_orjson:
+        monkeypatch.setattr(tcb, "_orjson", None)
+    text = CASES["phala"].load().tcb_info.decode()
+    lone = text.replace('"id":"SGX"', '"note":"\\ud800","id":"SGX"', 1)
+    assert TcbInfo.parse(lone.encode()) == TcbInfo.parse(text.encode())
+    for bad, field in ((text.replace('"tcbEvaluationDataNumber":17', '"tcbEvaluationDataNumber":18446744073709551616'),
+                        "tcbInfo.tcbEvaluationDataNumber"),
+                       (text.replace('"pcesvn":13', '"pcesvn":NaN', 1), "tcbInfo"),
+                       (text.replace('"id":"SGX"', '"deep":' + "[" * 100000 + "]" * 100000 + ',"id":"SGX"', 1), "tcbInfo")):
+        assert bad != text
+        with pytest.raises(VerificationError) as e:
+            TcbInfo.parse(bad.encode())
+        assert e.value.code is ErrorCode.TCB_INFO_MALFORMED and e.value.detail["field"] == field

@@ -313,6 +313,12 @@ def main() -> None:
         report = plat.enclave().report(eng.target_info(), b"bench").to_bytes()
         frames = exchange_frames(report, eng.quote_size(DEFAULT_ECDSA_ATT_KEY_ID))
         probe = gen.run  # one generator for every phase: same framing, same connection pattern
+        for _ in range(100):  # warm-up
+            eng.get_quote(report, DEFAULT_ECDSA_ATT_KEY_ID, None)
+        c0 = time.process_time()
+        for _ in range(1000):
+            eng.get_quote(report, DEFAULT_ECDSA_ATT_KEY_ID, None)
+        engine_us = (time.process_time() - c0) / 1000 * 1e6
         print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; {args.clients} clients; "
               f"one quote = InitQuoteEx + GetQuoteSizeEx + GetQuoteEx, fresh connection each; "
               f"load generator: {gen.label}{note}")
@@ -339,6 +345,7 @@ def main() -> None:
         # The floor: same generator, same frames, the service's socket and transport with an echo
         # responder, with as many serving processes as the service gets; the best of them is the floor.
         floor = 0.0
+        floor_cost = 0.0  # CPU per exchange of echo server + generator, in the best echo run
         for procs in sorted(set(worker_counts)):
             sock = str(Path(tmp) / f"echo{procs}.socket")
             echo = subprocess.Popen([sys.executable, __file__, "--serve-echo", sock, "--echo-processes", str(procs)])
@@ -352,7 +359,9 @@ def main() -> None:
             finally:
                 echo.terminate()
                 echo.wait()
-            floor = max(floor, res.rate)
+            if res.rate > floor:
+                floor = res.rate
+                floor_cost = echo_cpu_us + res.loadgen_cpu / max(res.exchanges, 1) * 1e6
             print(f"echo, {procs} process{'es' if procs > 1 else '  '}: {res.rate:6.0f} exchanges/s "
                   f"({3 * res.rate:5.0f} req/s)  {_latency(res)}  server CPU {echo_cpu_us:.0f} us/exchange, "
                   f"load generator {res.loadgen_cpu / max(res.exchanges, 1) * 1e6:.0f} us/exchange")
@@ -381,9 +390,15 @@ def main() -> None:
         # exchange latency is clients / throughput; a p99 is at least that mean.
         print(f"closed-loop check (best run, {best.rate:.0f} quotes/s): mean exchange latency must be "
               f"{args.clients} / {best.rate:.0f} = {args.clients / best.rate * 1000:.1f} ms "
-              f"(measured {best.exchange_ms['mean']:.1f}), mean request {best.request_ms['mean']:.1f} ms; "
-              f"targets: ratio >= 0.6 -> {best.rate / floor:.2f}, request p99 <= 10 ms -> "
-              f"{best.request_ms['p99']:.1f} ms (whole exchange p99 {best.exchange_ms['p99']:.1f} ms)")
+              f"(measured {best.exchange_ms['mean']:.1f}), mean request {best.request_ms['mean']:.1f} ms")
+        # The engine's own CPU (ECDSA signing etc.) is work the echo floor does not do: even with free
+        # protocol handling, the ratio cannot exceed floor cost / (floor cost + engine).
+        print(f"engine alone (in-process get_quote): {engine_us:.0f} us CPU/quote; echo server + generator "
+              f"{floor_cost:.0f} us/exchange -> ratio ceiling with zero protocol cost "
+              f"{floor_cost / (floor_cost + engine_us):.2f}")
+        print(f"targets: ratio >= 0.6 -> {best.rate / floor:.2f}; p99 <= 10 ms -> per request "
+              f"{best.request_ms['p99']:.1f} ms, per whole quote {best.exchange_ms['p99']:.1f} ms; "
+              f"scaling with workers -> {'yes' if len(ws) < 2 or results[ws[-1]].rate > results[ws[0]].rate else 'NO'}")
 
 
 if __name__ == "__main__":

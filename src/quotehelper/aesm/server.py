@@ -1,10 +1,12 @@
-"""The quote service's transport: AESM framing over a Unix stream socket, asyncio, one request per
-connection (AESM closes after replying).
+"""The quote service's transport: AESM framing over a Unix stream socket, non-blocking sockets driven by
+the asyncio loop (no asyncio transports: see AesmServer), one request per connection (AESM closes
+after replying).
 
 Robustness beyond AESM (§1.3, §8.4):
 - a frame above MAX_FRAME, an unparseable payload, or a request AESM would not answer closes the
   connection unanswered; a client that stalls is dropped at its read deadline, one that never reads its
-  reply at the write deadline. None of this touches other connections.
+  reply at the write deadline (both checked every `tick`, at most 0.1 s late). None of this touches
+  other connections.
 - `bind_atomically`: the socket is bound under a temporary name, chmod-ed, then renamed over the final
   path; a flock on `<path>.lock` plus a connect probe make sure a live server (ours or aesmd) is never
   replaced, while a stale socket file is.

@@ -118,3 +118,27 @@ def test_stop_answers_connections_still_in_the_backlog(tmp_path: Path) -> None:
             got += chunk
         assert got == encode_frame(f"queued {i}".encode())
         s.close()
+
+
+def test_read_and_write_deadlines(tmp_path: Path) -> None:
+    async def body(server: AesmServer, path: str) -> None:
+        loop = asyncio.get_running_loop()
+        stalled = await connect(path)
+        await loop.sock_sendall(stalled, struct.pack("<I", 100) + b"half")  # never finishes its request
+        # A reply far larger than the socket buffers, to a client that never reads it.
+        deaf = await connect(path)
+        await loop.sock_sendall(deaf, encode_frame(b"x" * 900_000))
+        t0 = loop.time()
+        ok = await connect(path)  # others are served meanwhile
+        await loop.sock_sendall(ok, encode_frame(b"ok"))
+        assert await read_all(ok) == encode_frame(b"ok")
+        assert await read_all(stalled) == b""  # dropped at the read deadline
+        assert 0.25 <= loop.time() - t0 < 3
+        while server.connections and loop.time() - t0 < 5:
+            await asyncio.sleep(0.05)
+        assert server.stats["read_timeouts"] == 1 and server.stats["write_timeouts"] == 1
+        assert not server.connections and server.buffered == 0
+        got = len(await read_all(deaf))  # what the kernel buffered before the drop, never the whole reply
+        assert 0 < got < 4 + 900_000
+
+    run(tmp_path, body, read_timeout=0.3, write_timeout=0.6)

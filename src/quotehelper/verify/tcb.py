@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from itertools import chain
 from operator import attrgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from quotehelper.sgx.pck import PckExtension
 from quotehelper.sgx.structs import ReportBody
@@ -127,8 +127,10 @@ def _load_json(raw: bytes, code: ErrorCode, what: str) -> Any:
         raise VerificationError(code, f"{what} is nested too deeply", {"field": what}) from e
 
 
-@dataclass(frozen=True)
-class TcbLevel:
+class TcbLevel(NamedTuple):
+    """One TCB level. (A named tuple, not a frozen dataclass: a TCB info builds 10-40 of them per parse,
+    and a tuple is built in a third of the time.)"""
+
     sgx_components: tuple[int, ...]
     pcesvn: int
     tcb_date: datetime | None
@@ -195,7 +197,8 @@ def _fast_levels(raw: list[Any], version: int) -> list[TcbLevel]:
         dates = [_fast_date(lv.get("tcbDate")) for lv in raw]
     except (KeyError, TypeError) as e:
         raise _Slow from e
-    return [TcbLevel(tuple(flat[16 * i:16 * i + 16]), pces[i], dates[i], statuses[i], tuple(advs[i]))
+    svns = tuple(flat)  # (slices of a tuple are tuples: one copy per level)
+    return [TcbLevel(svns[16 * i:16 * i + 16], pces[i], dates[i], statuses[i], tuple(advs[i]))
             for i in range(len(raw))]
 
 
@@ -292,8 +295,7 @@ class TcbInfo:
                                 "level)", {"pck_components": list(pck.tcb_components), "pck_pcesvn": pck.pcesvn})
 
 
-@dataclass(frozen=True)
-class QeTcbLevel:
+class QeTcbLevel(NamedTuple):
     isvsvn: int
     tcb_date: datetime | None
     status: str

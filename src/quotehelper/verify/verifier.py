@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
@@ -35,6 +35,7 @@ from quotehelper.verify.trust import TrustAnchor, select_anchor
 from quotehelper.verify.verdict import EnclaveIdentity, Verdict
 
 _SGX_OID = x509.ObjectIdentifier(SGX_EXTENSION_OID)
+_PERMISSIVE = Policy.permissive()  # immutable
 K = TypeVar("K")
 V = TypeVar("V")
 
@@ -129,8 +130,12 @@ class Verifier:
             err = VerificationError(ErrorCode.QUOTE_MALFORMED, f"unparseable input: {e}", {"exception": type(e).__name__})
             return Verdict(valid=False, error=err, **facts)
         pol = policy or self.options.policy
-        rules = (pol or Policy.permissive()).evaluate(verdict, when, oldest)
-        return replace(verdict, policy=tuple(rules), policy_applied=pol is not None)
+        rules = (pol or _PERMISSIVE).evaluate(verdict, when, oldest)
+        # The verdict has not left this method yet: fill in its policy fields instead of copying all
+        # twenty fields with dataclasses.replace.
+        object.__setattr__(verdict, "policy", tuple(rules))
+        object.__setattr__(verdict, "policy_applied", pol is not None)
+        return verdict
 
     # ---- steps ------------------------------------------------------------------------------------
     def _verify(self, raw: bytes, coll: Collateral, now: datetime,

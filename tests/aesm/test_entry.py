@@ -30,3 +30,18 @@ def test_running_worker_has_no_libssl(platform: SimPlatform, tmp_path: Path) -> 
         assert "_socket." in maps  # the check reads the right thing
     finally:
         svc.stop()
+
+
+def test_worker_imports_stay_lean(platform: SimPlatform) -> None:
+    """What a worker process loads (entry, workers, engine spec, server) pulls in no CLI, verifier or
+    Kubernetes code."""
+    code = ("import sys; from quotehelper.aesm.entry import import_asyncio_without_ssl as f; f(); "
+            "from quotehelper.aesm.workers import EngineSpec; "
+            f"EngineSpec('quotehelper.platform.sim:SimPlatform.open', ({str(platform.platform_dir)!r},), "
+            "then='engine')(); "
+            "from quotehelper.aesm.server import AesmResponder, AesmServer; "
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('click', 'grpc', 'yaml', 'ssl') "
+            "or m.startswith(('quotehelper.verify', 'quotehelper.k8s', 'quotehelper.cli'))); "
+            "assert not bad, bad")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr

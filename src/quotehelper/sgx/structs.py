@@ -270,6 +270,13 @@ class AttKeyId:
 
     def base_bytes(self) -> bytes:
         """The 158-byte sgx_ql_att_key_id_t that AESM compares against its supported list."""
+        cached = self.__dict__.get("_base")  # immutable: encode once (QE3 checks it on every quote)
+        if cached is None:
+            cached = self._encode_base()
+            object.__setattr__(self, "_base", cached)
+        return cached
+
+    def _encode_base(self) -> bytes:
         s = "sgx_ql_att_key_id_t"
         return b"".join([
             struct.pack("<HHH", self.id, self.version, self.mrsigner_length),

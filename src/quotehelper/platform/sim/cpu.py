@@ -74,8 +74,12 @@ class EnclaveIdentity:
 
     def target_info(self) -> TargetInfo:
         """What another enclave needs to make a report this enclave can verify."""
-        return TargetInfo(mr_enclave=self.mr_enclave, attributes=self.attributes, config_svn=self.config_svn,
-                          misc_select=self.misc_select, config_id=self.config_id)
+        cached = self.__dict__.get("_target_info")  # immutable: build once
+        if cached is None:
+            cached = TargetInfo(mr_enclave=self.mr_enclave, attributes=self.attributes, config_svn=self.config_svn,
+                                misc_select=self.misc_select, config_id=self.config_id)
+            object.__setattr__(self, "_target_info", cached)
+        return cached
 
 
 def report_derivation_data(target: TargetInfo, owner_epoch: bytes, cpu_svn: bytes, key_id: bytes) -> bytes:
@@ -148,6 +152,10 @@ class SimCpu:
                           isv_family_id=enclave.isv_family_id, report_data=bytes(report_data))
         mac = cmac(self.report_key(target, self.key_id), body.to_bytes())
         return Report(body, self.key_id, mac)
+
+    def report_cmac(self, target: TargetInfo, key_id: bytes) -> CMAC:
+        """A CMAC keyed with `target`'s report key, to `copy()` per report (skips the AES key schedule)."""
+        return CMAC(algorithms.AES(self.report_key(target, key_id)))
 
     def verify_report_mac(self, enclave: EnclaveIdentity, report: bytes) -> bool:
         """What sgx_verify_report does inside `enclave`: EGETKEY(REPORT, report.key_id) + CMAC compare."""

@@ -14,11 +14,12 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.cmac import CMAC
 
 from quotehelper.errors import FormatError
 from quotehelper.platform.engine import QuoteError, QuoteErrorCode
@@ -191,6 +192,7 @@ class Qe3Engine:
         self._sig_len_field = b""
         self._after_isv_sig = b""
         self._lock = threading.Lock()
+        self._report_macs: dict[bytes, CMAC] = {}
         # The exact size, from the real encoder over a quote with placeholder signatures.
         self._quote_size = len(self._build(bytes(REPORT_BODY_SIZE), bytes(64), bytes(64),
                                            Report(ReportBody()), bytes(64)))
@@ -227,7 +229,7 @@ class Qe3Engine:
                 raise QuoteError(QuoteErrorCode.INVALID_PARAMETER, f"bad qe_report_info: {e}") from e
         key = self._require_key()
         report = bytes(report)
-        if not self.cpu.verify_report_mac(self.identity, report):
+        if not self._report_mac_ok(report):
             raise QuoteError(QuoteErrorCode.INVALID_REPORT,
                              "the REPORT's MAC does not verify with the QE's report key (not made for this "
                              "QE's target info on this platform)")
@@ -242,6 +244,23 @@ class Qe3Engine:
         return quote, bytes(qe_report_info[:528]) + qe_rep.to_bytes()
 
     # ---- internals ---------------------------------------------------------------------------------
+    def _report_mac_ok(self, report: bytes) -> bool:
+        """sgx_verify_report inside the QE: EGETKEY(REPORT, report.key_id) + CMAC, constant-time compare.
+        The keyed CMAC is kept per KEYID (a platform has one), so a quote pays only the MAC itself."""
+        key_id = report[384:416]
+        base = self._report_macs.get(key_id)
+        if base is None:
+            base = self.cpu.report_cmac(self.identity.target_info(), key_id)
+            if len(self._report_macs) < 16:  # KEYIDs come from the caller: keep the table bounded
+                self._report_macs[key_id] = base
+        mac = base.copy()
+        mac.update(report[:REPORT_BODY_SIZE])
+        try:
+            mac.verify(report[416:432])
+        except InvalidSignature:
+            return False
+        return True
+
     def _build(self, body: bytes, isv_sig: bytes, att_pub: bytes, qe_report: Report, qe_sig: bytes) -> bytes:
         qe = QeReportCertData(qe_report.body, qe_sig, INTEL_QE_AUTH_DATA, self.cert_data)
         return Quote(self.header, ReportBody.parse(body), EcdsaSignatureData(isv_sig, att_pub, qe)).to_bytes()

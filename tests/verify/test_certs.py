@@ -3,6 +3,7 @@ byte-identical input; a tampered copy is a new object whose signature is checked
 
 from __future__ import annotations
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -69,3 +70,40 @@ def test_known_pem_chain_is_what_cryptography_loads() -> None:
     flipped = bytearray(pem)
     flipped[100] ^= 0x01
     assert load_known_pem(bytes(flipped)) is None
+
+
+def test_certificate_naming_another_issuer_is_rejected_even_if_signed() -> None:
+    """Name chaining (RFC 5280 §6.1): the CA's key signed it, but it names a different issuer."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from quotehelper.verify import VerificationError
+    from quotehelper.verify.chain import ChainChecker
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def cert(subject: str, issuer: str, key, signer, ca: bool) -> x509.Certificate:
+        now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+        b = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer))
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now).not_valid_after(now + dt.timedelta(days=365))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=1 if ca else None), critical=True)
+             .add_extension(x509.KeyUsage(digital_signature=not ca, content_commitment=False, key_encipherment=False,
+                                          data_encipherment=False, key_agreement=False, key_cert_sign=ca,
+                                          crl_sign=ca, encipher_only=False, decipher_only=False), critical=True))
+        return b.sign(signer, hashes.SHA256())
+
+    root_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    root = cert("Test SGX Root CA", "Test SGX Root CA", root_key, root_key, ca=True)
+    anchor = TrustAnchor.from_bytes(root.public_bytes(serialization.Encoding.DER), "test root")
+    when = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
+    good = cert("Test SGX PCK Certificate", "Test SGX Root CA", leaf_key, root_key, ca=False)
+    ChainChecker(anchor, when, check_revocation=False).check_chain([good, root], "pck")
+    misnamed = cert("Test SGX PCK Certificate", "Some Other CA", leaf_key, root_key, ca=False)
+    with pytest.raises(VerificationError) as e:
+        ChainChecker(anchor, when, check_revocation=False).check_chain([misnamed, root], "pck")
+    assert e.value.code is ErrorCode.CERT_ISSUER_MISMATCH and "Some Other CA" in str(e.value)

@@ -206,8 +206,9 @@ def test_same_result_without_pinned_intermediates(case: Case) -> None:
 
 
 def test_openenclave_tampered_chain() -> None:
-    """OpenEnclave's sgx_report_bad: the PCK CA's subject was altered, so its signature no longer verifies.
-    Under Intel's root it is refused for its (pre-production) root; under that root, for the signature."""
+    """OpenEnclave's sgx_report_bad: the PCK CA's subject was altered, so the leaf's issuer no longer names
+    it (and the CA's own signature no longer verifies). Under Intel's root it is refused for its
+    (pre-production) root; under that root, for the broken name chain, the first fault in chain order."""
     from quotehelper.verify import quote_checks as qc
     from quotehelper.verify.chain import ChainChecker
 
@@ -219,4 +220,5 @@ def test_openenclave_tampered_chain() -> None:
     checker = ChainChecker(preprod, datetime(2020, 6, 1, tzinfo=UTC), check_revocation=False)
     with pytest.raises(VerificationError) as e:
         checker.check_chain(certs, "pck", Kind.QUOTE)
-    assert e.value.code is ErrorCode.CERT_SIGNATURE_INVALID and e.value.detail["index"] == 1
+    assert e.value.code is ErrorCode.CERT_ISSUER_MISMATCH and e.value.detail["index"] == 0
+    assert "2.5.68.10" in str(e.value)  # the altered attribute type, shown in the issuer's subject

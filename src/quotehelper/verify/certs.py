@@ -31,12 +31,13 @@ class Cert:
     """One certificate and its lazily computed facts. Identity semantics (`is`, default hash): the
     same object means the same certificate; different objects may still hold equal DER."""
 
-    __slots__ = ("x509", "_der", "_key", "_key_id", "_bc", "_ku", "_not_before", "_not_after", "_cn")
+    __slots__ = ("x509", "_der", "_key", "_key_id", "_bc", "_ku", "_not_before", "_not_after", "_cn", "_subject")
 
     def __init__(self, cert: x509.Certificate, der: bytes | None = None) -> None:
         self.x509 = cert
         self._der = der if der is not None else _UNSET
         self._key = self._key_id = self._bc = self._ku = self._not_before = self._not_after = self._cn = _UNSET
+        self._subject = _UNSET
 
     def __repr__(self) -> str:
         return f"Cert({self.x509.subject.rfc4514_string()})"
@@ -47,6 +48,13 @@ class Cert:
         if d is _UNSET:
             d = self._der = self.x509.public_bytes(_DER)
         return d  # type: ignore[no-any-return]
+
+    @property
+    def subject(self) -> x509.Name:
+        n = self._subject
+        if n is _UNSET:
+            n = self._subject = self.x509.subject
+        return n  # type: ignore[no-any-return]
 
     @property
     def key(self) -> Any:

@@ -161,9 +161,9 @@ class ChainChecker:
         self.window.add(nb, na)
 
     def _check_signature(self, cert: Cert, issuer: Cert, name: str, kind: Kind, i: int) -> None:
-        """The issuer's key must verify the certificate. Names are compared only to explain a failure:
-        building x509.Name objects costs more than the rest of the chain logic, and the signature (not
-        the name) is what proves issuance."""
+        """The issuer's key must verify the certificate, and the certificate must name that issuer
+        (RFC 5280 name chaining, as Intel's QVL and dcap-qvl require: a CA key that signed a certificate
+        naming another issuer is a mis-issuance, not a path)."""
         c, key = cert.x509, issuer.key
         try:
             algo = c.signature_hash_algorithm
@@ -176,6 +176,9 @@ class ChainChecker:
                                 f"{issuer.x509.subject.rfc4514_string()}", kind, name, i, cert) from e
             raise self._err(ErrorCode.CERT_SIGNATURE_INVALID, f"signature does not verify with {cn(issuer)}'s key",
                             kind, name, i, cert) from e
+        if c.issuer != issuer.subject:
+            raise self._err(ErrorCode.CERT_ISSUER_MISMATCH, f"names issuer {c.issuer.rfc4514_string()}, but the "
+                            f"next certificate is {issuer.subject.rfc4514_string()}", kind, name, i, cert)
 
     def _check_issuer_constraints(self, issuer: Cert, name: str, kind: Kind, i: int, below: int) -> None:
         bc = issuer.basic_constraints

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -107,6 +108,12 @@ def _intel_root() -> TrustAnchor:
     known = frozenset(x509.load_pem_x509_certificates(pem))
     if {fingerprint(c) for c in known} != INTEL_INTERMEDIATES_SHA256:
         raise RuntimeError("built-in Intel intermediates do not match their pinned SHA-256 fingerprints")
+    for c in known:  # pinned by fingerprint, and also proven once per process to be the root's
+        try:
+            c.verify_directly_issued_by(anchor.cert)
+        except (ValueError, TypeError, InvalidSignature) as e:
+            raise RuntimeError(f"built-in Intel intermediate {c.subject.rfc4514_string()} is not signed by the "
+                               "built-in root") from e
     intel = TrustAnchor(anchor.cert, anchor.der, anchor.sha256, builtin=True, known_issued=known)
     _ = (intel.info, intel.pinned)  # register the constants now, once
     return intel

@@ -13,8 +13,9 @@ from __future__ import annotations
 import functools
 import logging
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any
 
 from quotehelper.aesm import messages_pb2 as pb
@@ -261,8 +262,11 @@ def engine_call_error(call: EngineCall, code: int) -> pb.Response:
     return Dispatcher._fill_defaults(name, call.sub, error_response(name, code))
 
 
-def run_engine_call(engine: QuotingEngine, call: EngineCall) -> pb.Response:
-    """The engine half of InitQuoteEx / GetQuoteSizeEx / GetQuoteEx. Never raises."""
+def run_engine_call(engine: QuotingEngine, call: EngineCall,
+                    observe_quote: Callable[[float], None] | None = None) -> pb.Response:
+    """The engine half of InitQuoteEx / GetQuoteSizeEx / GetQuoteEx. Never raises.
+
+    `observe_quote` gets the seconds every engine.get_quote call took (successful or not)."""
     res = pb.Response()
     if call.tag == INIT_QUOTE_EX:
         sub = call.sub
@@ -294,13 +298,19 @@ def run_engine_call(engine: QuotingEngine, call: EngineCall) -> pb.Response:
         sub = call.sub
         r = res.getQuoteExRes
         qri = sub.qe_report_info if sub.HasField("qe_report_info") else None
+        key_id = _att_key_id(sub.att_key_id)
+        t0 = perf_counter()
         try:
-            quote, qri_out = engine.get_quote(sub.report, _att_key_id(sub.att_key_id), qri)
+            quote, qri_out = engine.get_quote(sub.report, key_id, qri)
         except Exception as e:  # noqa: BLE001
+            if observe_quote is not None:
+                observe_quote(perf_counter() - t0)
             r.errorCode = _engine_code(e)
             if qri is not None:
                 r.qe_report_info = qri
             return res
+        if observe_quote is not None:
+            observe_quote(perf_counter() - t0)
         if len(quote) > sub.buf_size:  # the QE refuses a buffer smaller than the quote
             r.errorCode = AesmError.PARAMETER_ERROR
             if qri is not None:

@@ -30,10 +30,13 @@ import socket
 import struct
 from collections.abc import Callable
 
-from quotehelper.aesm.codes import AesmError
+from quotehelper.aesm import messages_pb2 as pb
+from quotehelper.aesm.codes import AesmError, aesm_name
 from quotehelper.aesm.framing import MAX_FRAME, encode_frame
 from quotehelper.aesm.handlers import (
     GET_QUOTE_EX,
+    GET_QUOTE_SIZE_EX,
+    INIT_QUOTE_EX,
     BadFrame,
     Dispatcher,
     EngineCall,
@@ -41,6 +44,7 @@ from quotehelper.aesm.handlers import (
     parse_request,
     run_engine_call,
 )
+from quotehelper.aesm.metrics import CALL_LABELS, LEGACY, UNPARSEABLE, LatencyBuckets
 from quotehelper.aesm.sockets import (  # noqa: F401 - re-exported: the server's public API
     DEFAULT_SOCKET,
     DEFAULT_SOCKET_MODE,
@@ -87,35 +91,53 @@ class AesmResponder:
         self.queue_limit = queue_limit
         self.memo = memo
         self.busy_replies = 0
-        self._replies: dict[bytes, bytes] = {}
+        # (call, code name) -> requests since the last metrics flush; plain dict so counting costs ~0.1 us
+        self.counts: dict[tuple[str, str], int] = {}
+        self.quote_latency = LatencyBuckets()
+        self._peak_queue = 0
+        self._replies: dict[bytes, tuple[bytes, tuple[str, str]]] = {}  # payload -> (frame, counts key)
         self._queue: collections.deque[tuple[EngineCall, asyncio.Future[bytes], bytes]] = collections.deque()
         self._scheduled = False
 
-    def _remember(self, payload: bytes, frame: bytes) -> None:
+    def _remember(self, payload: bytes, frame: bytes, key: tuple[str, str]) -> None:
         if len(payload) > self.MEMO_MAX_PAYLOAD:
             return
         if len(self._replies) >= self.MEMO_LIMIT:
             del self._replies[next(iter(self._replies))]
-        self._replies[payload] = frame
+        self._replies[payload] = (frame, key)
+
+    def _count(self, key: tuple[str, str]) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
 
     def __call__(self, payload: bytes) -> Reply:
         hit = self._replies.get(payload)
         if hit is not None:
-            return hit
+            counts = self.counts
+            key = hit[1]
+            counts[key] = counts.get(key, 0) + 1
+            return hit[0]
         try:
             req = parse_request(payload)
         except BadFrame:
+            self._count(UNPARSEABLE)
             return None
         out = self.dispatcher.inline(req)
         if out is None:
+            self._count(UNPARSEABLE)
             return None
         if not isinstance(out, EngineCall):
+            key = counts_key(out)
+            self._count(key)
             frame = encode_frame(out.SerializeToString())
-            self._remember(payload, frame)
+            self._remember(payload, frame, key)
             return frame
-        if len(self._queue) >= self.queue_limit:
+        depth = len(self._queue)
+        if depth >= self.queue_limit:
             self.busy_replies += 1
+            self._count((_ENGINECALL_LABELS[out.tag], "AESM_BUSY"))
             return encode_frame(failure_response(out, AesmError.BUSY))
+        if depth >= self._peak_queue:
+            self._peak_queue = depth + 1
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bytes] = loop.create_future()
         self._queue.append((out, fut, payload))
@@ -128,6 +150,11 @@ class AesmResponder:
     def queued(self) -> int:
         return len(self._queue)
 
+    def take_peak_queue(self) -> int:
+        """The deepest the engine queue got since the previous call."""
+        peak, self._peak_queue = self._peak_queue, len(self._queue)
+        return peak
+
     def _drain(self) -> None:
         try:
             for _ in range(min(self.BATCH, len(self._queue))):
@@ -138,6 +165,7 @@ class AesmResponder:
                     fut.set_result(self._execute(call, payload))
                 except Exception:  # never leave a client waiting on a future nobody will complete
                     log.exception("engine call %d failed", call.tag)
+                    self._count((_ENGINECALL_LABELS[call.tag], "AESM_UNEXPECTED_ERROR"))
                     fut.set_result(encode_frame(failure_response(call, AesmError.UNEXPECTED_ERROR)))
         finally:
             if self._queue:
@@ -146,13 +174,24 @@ class AesmResponder:
                 self._scheduled = False
 
     def _execute(self, call: EngineCall, payload: bytes) -> bytes:
-        res = run_engine_call(self.engine, call)
+        res = run_engine_call(self.engine, call, self.quote_latency.observe)
         frame = encode_frame(res.SerializeToString())
-        if self.memo and call.tag != GET_QUOTE_EX and payload not in self._replies:
-            (_, sub), = res.ListFields()
-            if sub.errorCode == AesmError.SUCCESS:
-                self._remember(payload, frame)
+        (field, sub), = res.ListFields()
+        code = sub.errorCode
+        key = (CALL_LABELS[field.name], aesm_name(code))
+        self._count(key)
+        if self.memo and call.tag != GET_QUOTE_EX and code == AesmError.SUCCESS and payload not in self._replies:
+            self._remember(payload, frame, key)
         return frame
+
+
+_ENGINECALL_LABELS = {INIT_QUOTE_EX: "InitQuoteEx", GET_QUOTE_SIZE_EX: "GetQuoteSizeEx", GET_QUOTE_EX: "GetQuoteEx"}
+
+
+def counts_key(res: pb.Response) -> tuple[str, str]:
+    """(call label, result code name) of a Response: the labels of the requests counter."""
+    (field, sub), = res.ListFields()
+    return CALL_LABELS.get(field.name, LEGACY), aesm_name(sub.errorCode)
 
 
 def failure_response(call: EngineCall, code: int) -> bytes:

@@ -16,9 +16,13 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from quotehelper.aesm.sockets import DEFAULT_SOCKET_MODE, ServiceSocket
 from quotehelper.aesm.workers import EngineSpec, ServeConfig, WorkerSupervisor
+
+if TYPE_CHECKING:  # prometheus_client loads only with --metrics-addr
+    from quotehelper.aesm.metrics import MetricsEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -27,28 +31,59 @@ class QuoteService:
     """Socket + supervised workers. `start()`, then `stop()` (what SIGTERM triggers in `run`)."""
 
     def __init__(self, socket_path: str, spec: EngineSpec, *, mode: int = DEFAULT_SOCKET_MODE,
-                 workers: int | None = None, config: ServeConfig | None = None, backlog: int = 1024) -> None:
+                 workers: int | None = None, config: ServeConfig | None = None, backlog: int = 1024,
+                 metrics_addr: tuple[str, int] | None = None) -> None:
         self.socket_path = socket_path
         self.spec = spec
         self.mode = mode
         self.workers = workers
         self.config = config or ServeConfig()
         self.backlog = backlog
+        self.metrics_addr = metrics_addr  # (host, port) of /metrics; None: no metrics, no files, no port
+        self.metrics: MetricsEndpoint | None = None
         self.socket: ServiceSocket | None = None
         self.supervisor: WorkerSupervisor | None = None
         self._stop = asyncio.Event()
 
     async def start(self) -> None:
         self.socket = ServiceSocket(self.socket_path, self.mode, self.backlog)  # refuses a live server's path
-        self.supervisor = WorkerSupervisor(self.spec, self.socket.sock, self.workers, self.config)
+        config = self.config
+        on_exit = None
+        if self.metrics_addr is not None:
+            from quotehelper import __version__
+            from quotehelper.aesm.metrics import MetricsEndpoint, engine_label
+
+            self.metrics = MetricsEndpoint(
+                self.metrics_addr, engine=engine_label(self.spec.target), version=__version__,
+                restarts=lambda: self.supervisor.restarts if self.supervisor else 0,
+                workers=lambda: len(self.supervisor.pids()) if self.supervisor else 0)
+            try:
+                self.metrics.start()  # before the workers: they inherit PROMETHEUS_MULTIPROC_DIR
+            except BaseException:
+                self.metrics = None
+                self.socket.close()
+                raise
+            config = dataclasses.replace(config, metrics=True)
+            on_exit = self._worker_exited
+        self.supervisor = WorkerSupervisor(self.spec, self.socket.sock, self.workers, config, on_exit=on_exit)
         try:
             await self.supervisor.start()
         except BaseException:
             await self.supervisor.stop()
             self.socket.close()
+            self._close_metrics()
             raise
         log.info("serving AESM protocol on %s (mode %o) with %d worker(s)", self.socket_path, self.mode,
                  self.supervisor.size)
+
+    def _worker_exited(self, pid: int, _code: int) -> None:
+        if self.metrics is not None:
+            self.metrics.worker_exited(pid)
+
+    def _close_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -61,10 +96,13 @@ class QuoteService:
         if self.socket is None:
             return
         self.socket.unlink()
-        if self.supervisor is not None:
-            await self.supervisor.stop()
-        self.socket.close()
-        self.socket = None
+        try:
+            if self.supervisor is not None:
+                await self.supervisor.stop()
+        finally:
+            self.socket.close()
+            self.socket = None
+            self._close_metrics()  # after the workers' last flush; removes the multiprocess directory
 
     async def run(self, ready: Callable[[], None] | None = None) -> None:
         """start(); serve until SIGTERM/SIGINT; stop()."""
@@ -84,13 +122,15 @@ class QuoteService:
 
 
 def exec_args(socket_path: str, spec: EngineSpec, *, mode: int, workers: int | None, config: ServeConfig,
-              verbose: bool = False) -> list[str]:
+              verbose: bool = False, metrics_addr: str | None = None) -> list[str]:
     """argv that runs this module as the service (what `quotehelper serve` execs into)."""
     args = [sys.executable, "-m", "quotehelper.aesm.entry", "service", "--socket", socket_path, "--mode", f"{mode:o}",
             "--spec", json.dumps({"target": spec.target, "args": list(spec.args), "then": spec.then}),
             "--config", json.dumps(dataclasses.asdict(config))]
     if workers:
         args += ["--workers", str(workers)]
+    if metrics_addr:
+        args += ["--metrics-addr", metrics_addr]
     if verbose:
         args.append("--verbose")
     return args
@@ -104,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--spec", required=True, help="engine spec JSON: target, args, then")
     ap.add_argument("--config", default="{}", help="ServeConfig JSON")
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--metrics-addr", default=None, help="HOST:PORT to serve Prometheus /metrics on")
     ap.add_argument("--verbose", action="store_true")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, stream=sys.stderr,
@@ -111,12 +152,24 @@ def main(argv: list[str] | None = None) -> None:
     spec_d = json.loads(a.spec)
     spec = EngineSpec(spec_d["target"], tuple(spec_d.get("args", ())), spec_d.get("then"))
     mode = int(a.mode, 8)
-    service = QuoteService(a.socket, spec, mode=mode, workers=a.workers, config=ServeConfig(**json.loads(a.config)))
+    metrics_addr = None
+    if a.metrics_addr:
+        from quotehelper.aesm.metrics import parse_addr
+        try:
+            metrics_addr = parse_addr(a.metrics_addr)
+        except ValueError as e:
+            ap.error(str(e))
+    service = QuoteService(a.socket, spec, mode=mode, workers=a.workers, config=ServeConfig(**json.loads(a.config)),
+                           metrics_addr=metrics_addr)
 
     def ready() -> None:
         assert service.supervisor is not None
+        metrics = ""
+        if service.metrics is not None:
+            host = service.metrics.addr[0]
+            metrics = f", metrics on http://{f'[{host}]' if ':' in host else host}:{service.metrics.port}/metrics"
         print(f"quotehelper serve: {a.socket} (mode {mode:o}), {service.supervisor.size} worker(s), "
-              f"engine {spec.target}, pid {os.getpid()}", file=sys.stderr, flush=True)
+              f"engine {spec.target}, pid {os.getpid()}{metrics}", file=sys.stderr, flush=True)
 
     try:
         asyncio.run(service.run(ready))

@@ -73,11 +73,13 @@ class ServeConfig:
     queue_limit: int = 64
     drain_timeout: float = 20.0
     memo: bool = False
+    metrics: bool = False  # write prometheus values to $PROMETHEUS_MULTIPROC_DIR (set by the supervisor)
 
 
 # --- worker process side ------------------------------------------------------------------------------
 
-async def _serve(listen: socket.socket, status: socket.socket, engine: QuotingEngine, cfg: ServeConfig) -> None:
+async def _serve(listen: socket.socket, status: socket.socket, engine: QuotingEngine, cfg: ServeConfig,
+                 index: int = 0) -> None:
     from quotehelper.aesm.handlers import Dispatcher
     from quotehelper.aesm.server import AesmResponder, AesmServer
 
@@ -87,6 +89,10 @@ async def _serve(listen: socket.socket, status: socket.socket, engine: QuotingEn
                         max_frame=cfg.max_frame, max_connections=cfg.max_connections,
                         max_buffered=cfg.max_buffered,
                         drain_timeout=cfg.drain_timeout)
+    stop_metrics: Callable[[], None] | None = None
+    if cfg.metrics:
+        from quotehelper.aesm.metrics import WorkerMetrics, start_flushing
+        stop_metrics = start_flushing(WorkerMetrics(index), responder, server)
     await server.start()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, server.request_stop)
@@ -96,14 +102,16 @@ async def _serve(listen: socket.socket, status: socket.socket, engine: QuotingEn
     await server.wait_stopped()
     loop.remove_reader(status.fileno())
     await server.stop()
+    if stop_metrics is not None:
+        stop_metrics()  # the last counts, before exit
 
 
-def worker_main(listen_fd: int, status_fd: int, spec: EngineSpec, cfg: ServeConfig) -> None:
+def worker_main(listen_fd: int, status_fd: int, spec: EngineSpec, cfg: ServeConfig, index: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop
     listen = socket.socket(fileno=listen_fd)
     status = socket.socket(fileno=status_fd)
     engine = spec()
-    asyncio.run(_serve(listen, status, engine, cfg))
+    asyncio.run(_serve(listen, status, engine, cfg, index))
 
 
 # --- supervisor side ----------------------------------------------------------------------------------
@@ -141,7 +149,7 @@ class WorkerSupervisor:
         # locks, no re-import of the caller's __main__.
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         args = json.dumps({"target": self.spec.target, "args": list(self.spec.args), "then": self.spec.then,
-                           "config": asdict(self.config)})
+                           "config": asdict(self.config), "index": index})
         fds = (self.listen.fileno(), child.fileno())
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -205,5 +213,6 @@ def worker_entry(argv: list[str]) -> None:
     """`python -m quotehelper.aesm.entry worker LISTEN_FD STATUS_FD JSON` (started by WorkerSupervisor)."""
     listen_fd, status_fd, spec = int(argv[0]), int(argv[1]), json.loads(argv[2])
     cfg = ServeConfig(**spec["config"])
-    worker_main(listen_fd, status_fd, EngineSpec(spec["target"], tuple(spec["args"]), spec["then"]), cfg)
+    worker_main(listen_fd, status_fd, EngineSpec(spec["target"], tuple(spec["args"]), spec["then"]), cfg,
+                spec.get("index", 0))
 

@@ -17,6 +17,7 @@ import click
 
 from quotehelper.aesm.client import SgxError, provider_from_env
 from quotehelper.aesm.launch import ServiceProcess
+from quotehelper.aesm.metrics import parse_addr
 from quotehelper.aesm.service import QuoteService, exec_args
 from quotehelper.aesm.sockets import DEFAULT_SOCKET, DEFAULT_SOCKET_MODE
 from quotehelper.aesm.workers import EngineSpec, ServeConfig
@@ -42,6 +43,16 @@ def _octal(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
     return mode
 
 
+def _metrics_addr(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if not value:
+        return None
+    try:
+        parse_addr(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
 @main.command("serve")
 @click.option("--socket", "socket_path", default=DEFAULT_SOCKET, show_default=True,
               help="Unix socket to serve the AESM protocol on.")
@@ -57,9 +68,14 @@ def _octal(_ctx: click.Context, _param: click.Parameter, value: str) -> int:
               help="Permissions of the socket file (octal). Anyone who can write it can get quotes.")
 @click.option("--read-timeout", type=click.FloatRange(0.01), default=5.0, show_default=True,
               help="Seconds a client has to send its whole request before it is dropped.")
+@click.option("--metrics-addr", default=None, metavar="HOST:PORT", envvar="QUOTEHELPER_METRICS_ADDR",
+              callback=_metrics_addr,
+              help="Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free port; "
+                   "env QUOTEHELPER_METRICS_ADDR) [default: off].")
 @click.option("-v", "--verbose", is_flag=True, help="Log every lifecycle event.")
 def serve_cmd(socket_path: str, platform_dir: Path | None, engine: str, workers: int | None,
-              queue_limit: int | None, socket_mode: int, read_timeout: float, verbose: bool) -> None:
+              queue_limit: int | None, socket_mode: int, read_timeout: float,
+              metrics_addr: str | None, verbose: bool) -> None:
     """Serve quotes on an AESM-compatible socket until SIGTERM (then drain and remove the socket)."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -83,9 +99,11 @@ def serve_cmd(socket_path: str, platform_dir: Path | None, engine: str, workers:
         # Become the lean supervisor process (same pid, so SIGTERM from systemd/kubelet reaches it).
         sys.stdout.flush()
         sys.stderr.flush()
-        args = exec_args(socket_path, spec, mode=socket_mode, workers=workers, config=cfg, verbose=verbose)
+        args = exec_args(socket_path, spec, mode=socket_mode, workers=workers, config=cfg, verbose=verbose,
+                         metrics_addr=metrics_addr)
         os.execv(sys.executable, args)
-    service = QuoteService(socket_path, spec, mode=socket_mode, workers=workers, config=cfg)
+    service = QuoteService(socket_path, spec, mode=socket_mode, workers=workers, config=cfg,
+                           metrics_addr=parse_addr(metrics_addr) if metrics_addr else None)
     try:
         asyncio.run(service.run())
     except QuoteHelperError as e:

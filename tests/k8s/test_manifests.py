@@ -158,6 +158,11 @@ def test_quote_helper_daemonset(rendered, name):
     assert engine == ("sim" if name == "simulate" else "dcap")
     probe_engine = c["livenessProbe"]["exec"]["command"]
     assert ("--platform" in probe_engine) == (name == "simulate")
+    # Metrics: the port `serve` listens on is the container port named `metrics` and the scrape annotation's.
+    metrics_port = int(c["args"][c["args"].index("--metrics-addr") + 1].rpartition(":")[2])
+    assert {p["name"]: p["containerPort"] for p in c["ports"]}["metrics"] == metrics_port
+    annotations = ds["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == str(metrics_port)
 
 
 def test_device_plugin_per_overlay(rendered):

@@ -24,6 +24,7 @@ import _socket
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -134,7 +135,7 @@ class AesmResponder:
         depth = len(self._queue)
         if depth >= self.queue_limit:
             self.busy_replies += 1
-            self._count((_ENGINECALL_LABELS[out.tag], "AESM_BUSY"))
+            self._count((_ENGINE_CALL_LABELS[out.tag], "AESM_BUSY"))
             return encode_frame(failure_response(out, AesmError.BUSY))
         if depth >= self._peak_queue:
             self._peak_queue = depth + 1
@@ -165,7 +166,7 @@ class AesmResponder:
                     fut.set_result(self._execute(call, payload))
                 except Exception:  # never leave a client waiting on a future nobody will complete
                     log.exception("engine call %d failed", call.tag)
-                    self._count((_ENGINECALL_LABELS[call.tag], "AESM_UNEXPECTED_ERROR"))
+                    self._count((_ENGINE_CALL_LABELS[call.tag], "AESM_UNEXPECTED_ERROR"))
                     fut.set_result(encode_frame(failure_response(call, AesmError.UNEXPECTED_ERROR)))
         finally:
             if self._queue:
@@ -176,16 +177,24 @@ class AesmResponder:
     def _execute(self, call: EngineCall, payload: bytes) -> bytes:
         res = run_engine_call(self.engine, call, self.quote_latency.observe)
         frame = encode_frame(res.SerializeToString())
-        (field, sub), = res.ListFields()
-        code = sub.errorCode
-        key = (CALL_LABELS[field.name], aesm_name(code))
-        self._count(key)
+        code = getattr(res, _ENGINE_RES_FIELD[call.tag]).errorCode
+        key = _engine_key(call.tag, code)
+        counts = self.counts
+        counts[key] = counts.get(key, 0) + 1
         if self.memo and call.tag != GET_QUOTE_EX and code == AesmError.SUCCESS and payload not in self._replies:
             self._remember(payload, frame, key)
         return frame
 
 
-_ENGINECALL_LABELS = {INIT_QUOTE_EX: "InitQuoteEx", GET_QUOTE_SIZE_EX: "GetQuoteSizeEx", GET_QUOTE_EX: "GetQuoteEx"}
+_ENGINE_CALL_LABELS = {INIT_QUOTE_EX: "InitQuoteEx", GET_QUOTE_SIZE_EX: "GetQuoteSizeEx", GET_QUOTE_EX: "GetQuoteEx"}
+_ENGINE_RES_FIELD = {INIT_QUOTE_EX: "initQuoteExRes", GET_QUOTE_SIZE_EX: "getQuoteSizeExRes",
+                     GET_QUOTE_EX: "getQuoteExRes"}
+
+
+@functools.lru_cache(maxsize=256)
+def _engine_key(tag: int, code: int) -> tuple[str, str]:
+    # Cached: naming the code through the enum costs ~1 us, a cache hit ~0.1.
+    return _ENGINE_CALL_LABELS[tag], aesm_name(code)
 
 
 def counts_key(res: pb.Response) -> tuple[str, str]:

@@ -11,7 +11,9 @@ Instead the responder and the server count in plain dicts and lists (`RequestCou
 adds what changed to the prometheus values every `FLUSH_INTERVAL` seconds and once more at exit.
 A worker killed with SIGKILL loses at most its last interval.
 
-prometheus_client is imported only when metrics are on (it loads ssl, http.server and wsgiref).
+prometheus_client is imported only when metrics are on (it loads ssl, http.server and wsgiref), and
+this module's own imports stay light because every worker loads it. A restarted worker's counter
+files stay in the directory (its counts must), a few KB each.
 """
 
 from __future__ import annotations
@@ -19,8 +21,6 @@ from __future__ import annotations
 import bisect
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -195,6 +195,8 @@ class MetricsEndpoint:
         return int(self._httpd.server_port)
 
     def start(self) -> None:
+        import tempfile
+
         self.directory = tempfile.mkdtemp(prefix="quotehelper-metrics-")  # mode 0700
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.directory  # inherited by the workers
         try:
@@ -222,6 +224,8 @@ class MetricsEndpoint:
             self._thread.join(5)
             self._httpd = None
         if self.directory is not None:
+            import shutil
+
             shutil.rmtree(self.directory, ignore_errors=True)
             if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == self.directory:
                 del os.environ["PROMETHEUS_MULTIPROC_DIR"]

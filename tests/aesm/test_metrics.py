@@ -164,6 +164,11 @@ def test_requests_results_latency_and_drops(platform: SimPlatform, tmp_path: Pat
 
         assert _quote(svc.sock, _frames(report)) == [0, 0, 0]
         assert _quote(svc.sock, _frames(bad_mac)) == [0, 0, 47]  # AESM_INVALID_REPORT
+        legacy, select = pb.Request(), pb.Request()
+        legacy.getWhiteListSizeReq.SetInParent()
+        select.selectAttKeyIDReq.SetInParent()
+        assert _code(exchange(svc.sock, encode_frame(legacy.SerializeToString()))) == 30  # service unavailable
+        assert _code(exchange(svc.sock, encode_frame(select.SerializeToString()))) == 0
         assert exchange(svc.sock, b"\x03\x00\x00\x00\xff\xff\xff") == b""  # not a Request: closed unanswered
         assert exchange(svc.sock, (2 << 20).to_bytes(4, "little") + b"x") == b""  # above the 1 MiB frame cap
         assert exchange(svc.sock, _frames(report)[2][:100], timeout=5) == b""  # stalls: read deadline
@@ -175,6 +180,8 @@ def test_requests_results_latency_and_drops(platform: SimPlatform, tmp_path: Pat
         assert requests(s, "GetQuoteEx", "AESM_SUCCESS") == 1
         assert requests(s, "GetQuoteEx", "AESM_INVALID_REPORT") == 1
         assert requests(s, "unparseable", "none") == 1
+        assert requests(s, "legacy", "AESM_SERVICE_UNAVAILABLE") == 1
+        assert requests(s, "SelectAttKeyID", "AESM_SUCCESS") == 1
         assert requests(s, "GetSupportedAttKeyIDNum", "AESM_SUCCESS") == 1
         assert dropped(s, "unparseable") == 1
         assert dropped(s, "frame_too_large") == 1

@@ -83,7 +83,7 @@ class AesmResponder:
 
     MEMO_LIMIT = 64  # entries; payloads differ only in key id and timeout. Oldest evicted first.
     MEMO_MAX_PAYLOAD = 2048  # requests above this (e.g. a long SelectAttKeyID list) are not kept
-    BATCH = 8  # engine calls per event-loop iteration
+    BATCH = 32  # engine calls per event-loop iteration (32 x ~36 us: cheap calls wait at most ~1.2 ms)
 
     def __init__(self, dispatcher: Dispatcher, engine: QuotingEngine, *, queue_limit: int = 64,
                  memo: bool = False) -> None:

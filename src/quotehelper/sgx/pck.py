@@ -147,13 +147,15 @@ class PckExtension:
             return int.from_bytes(value(need(d, oid, what), oid, want_tag, name), "big", signed=True)
 
         ppid = octets("1", 16)
-        tcb_entry = need(items, f"{_P}.2")
-        try:
-            if tcb_entry[0] != 0x30:
-                raise ValueError("not a SEQUENCE")
-            tcb = _entries(der, tcb_entry[2], tcb_entry[3])
-        except ValueError as err:
-            raise FormatError("pck_sgx_extension", f"{_P}.2", 0, f"bad TCB sequence: {err}") from err
+        def nested(entry, oid, what):
+            try:
+                if entry[0] != 0x30:
+                    raise ValueError("not a SEQUENCE")
+                return _entries(der, entry[2], entry[3])
+            except ValueError as err:
+                raise FormatError("pck_sgx_extension", oid, 0, f"bad {what}: {err}") from err
+
+        tcb = nested(need(items, f"{_P}.2"), f"{_P}.2", "TCB sequence")
         comps = [integer(tcb, f"{_P}.2.{i}", "TCB component missing") for i in range(1, 17)]
         if f"{_P}.2.17" not in tcb or f"{_P}.2.18" not in tcb:
             raise FormatError("pck_sgx_extension", f"{_P}.2", 0, "PCESVN or CPUSVN missing")
@@ -165,13 +167,7 @@ class PckExtension:
         pii = octets("6", 16) if f"{_P}.6" in items else None
         config = None
         if f"{_P}.7" in items:
-            entry = items.pop(f"{_P}.7")
-            try:
-                if entry[0] != 0x30:
-                    raise ValueError("not a SEQUENCE")
-                conf_items = _entries(der, entry[2], entry[3])
-            except ValueError as err:
-                raise FormatError("pck_sgx_extension", f"{_P}.7", 0, f"bad configuration: {err}") from err
+            conf_items = nested(items.pop(f"{_P}.7"), f"{_P}.7", "configuration")
             conf = {}
             for oid, ent in conf_items.items():
                 b = value(ent, oid, 0x01, "a BOOLEAN")

@@ -169,16 +169,34 @@ def _fast_date(v: Any) -> datetime:
     return d
 
 
+def _fast_tcbs(raw: list[Any]) -> list[dict]:
+    """Every level a dict with a dict `tcb` (else _Slow); their `tcb` dicts."""
+    if set(map(type, raw)) != _DICT:
+        raise _Slow
+    tcbs = [lv["tcb"] for lv in raw]
+    if set(map(type, tcbs)) != _DICT:
+        raise _Slow
+    return tcbs
+
+
+def _fast_status_advisories(raw: list[Any]) -> tuple[list[str], list[list[str]]]:
+    """Every level's tcbStatus (a known name) and advisoryIDs (a list of strings), else _Slow.
+    An unhashable status raises TypeError, which the callers turn into _Slow."""
+    statuses = [lv.get("tcbStatus") for lv in raw]
+    advs = [lv.get("advisoryIDs", _NO_ADVISORIES) for lv in raw]
+    if (not _STATUS_SET.issuperset(statuses) or set(map(type, advs)) != _LIST
+            or not set(map(type, chain.from_iterable(advs))) <= _STR):
+        raise _Slow
+    return statuses, advs
+
+
 def _fast_levels(raw: list[Any], version: int) -> list[TcbLevel]:
     """All TCB levels at once (a TCB info holds 10-40 levels x 16 components): each check is one C-level
     pass over every level (comprehensions, set operations) instead of per-field Python calls. Accepts
     exactly what `_strict_level` accepts, with the same result; anything unusual -> _Slow."""
     try:
-        if set(map(type, raw)) != _DICT:
-            raise _Slow
-        tcbs = [lv["tcb"] for lv in raw]
-        if set(map(type, tcbs)) != _DICT:
-            raise _Slow
+        tcbs = _fast_tcbs(raw)
+        statuses, advs = _fast_status_advisories(raw)
         if version == 3:
             comps = [t["sgxtcbcomponents"] for t in tcbs]
             if set(map(type, comps)) != _LIST or set(map(len, comps)) != _16:
@@ -187,12 +205,9 @@ def _fast_levels(raw: list[Any], version: int) -> list[TcbLevel]:
         else:
             flat = [t.get(k) for t in tcbs for k in _V2_KEYS]
         pces = [t.get("pcesvn") for t in tcbs]
-        statuses = [lv.get("tcbStatus") for lv in raw]
-        advs = [lv.get("advisoryIDs", _NO_ADVISORIES) for lv in raw]
-        # type checks keep bools and floats (1.0 == 1) out; an unhashable status raises TypeError
+        # type checks keep bools and floats (1.0 == 1) out
         if (set(map(type, flat)) != _INT or not _U8.issuperset(flat) or set(map(type, pces)) != _INT
-                or min(pces) < 0 or max(pces) > 65535 or not _STATUS_SET.issuperset(statuses)
-                or set(map(type, advs)) != _LIST or not set(map(type, chain.from_iterable(advs))) <= _STR):
+                or min(pces) < 0 or max(pces) > 65535):
             raise _Slow
         dates = [_fast_date(lv.get("tcbDate")) for lv in raw]
     except (KeyError, TypeError) as e:
@@ -205,17 +220,10 @@ def _fast_levels(raw: list[Any], version: int) -> list[TcbLevel]:
 def _fast_qe_levels(raw: list[Any]) -> list[QeTcbLevel]:
     """QE identity levels, the same way."""
     try:
-        if set(map(type, raw)) != _DICT:
-            raise _Slow
-        tcbs = [lv["tcb"] for lv in raw]
-        if set(map(type, tcbs)) != _DICT:
-            raise _Slow
+        tcbs = _fast_tcbs(raw)
+        statuses, advs = _fast_status_advisories(raw)
         svns = [t["isvsvn"] for t in tcbs]
-        statuses = [lv.get("tcbStatus") for lv in raw]
-        advs = [lv.get("advisoryIDs", _NO_ADVISORIES) for lv in raw]
-        if (set(map(type, svns)) != _INT or min(svns) < 0 or max(svns) > 65535
-                or not _STATUS_SET.issuperset(statuses) or set(map(type, advs)) != _LIST
-                or not set(map(type, chain.from_iterable(advs))) <= _STR):
+        if set(map(type, svns)) != _INT or min(svns) < 0 or max(svns) > 65535:
             raise _Slow
         dates = [_fast_date(lv.get("tcbDate")) for lv in raw]
     except (KeyError, TypeError) as e:

@@ -61,7 +61,8 @@ def _metrics_addr(_ctx: click.Context, _param: click.Parameter, value: str | Non
 @click.option("--engine", type=click.Choice(["sim", "dcap"]), default="sim", show_default=True,
               help="sim: the software platform; dcap: Intel's DCAP quoting library (SGX hardware).")
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
-              help="Quoting worker processes [default: number of CPUs].")
+              help="Quoting worker processes [default: the CPUs the service may use (affinity, cgroup "
+                   "CPU limit), at most 4].")
 @click.option("--queue-limit", type=click.IntRange(1), default=None,
               help="Engine calls queued per worker; beyond it clients get AESM_BUSY [default: 64].")
 @click.option("--socket-mode", default=f"{DEFAULT_SOCKET_MODE:o}", show_default=True, callback=_octal,

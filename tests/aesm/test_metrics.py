@@ -281,7 +281,7 @@ def test_metrics_off_no_port_no_files(platform: SimPlatform, tmp_path: Path, mon
     with MetricsService(on, platform, monkeypatch) as svc:
         assert _socket_inodes(svc.svc.pid) & _tcp_listen_inodes()
         assert len(_multiproc_dirs(on)) == 1
-    assert sorted(os.listdir(tmp)) == ["aesm.socket.lock", "serve.err"]  # nothing else left behind
+    assert sorted(os.listdir(tmp)) == ["serve.err"]  # nothing else left behind
 
 
 def test_bad_metrics_addr_and_port_in_use(platform: SimPlatform, tmp_path: Path,

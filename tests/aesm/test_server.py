@@ -3,6 +3,7 @@ queue (AESM_BUSY); worker replacement; socket creation, mode, stale/live handlin
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from quotehelper.aesm import messages_pb2 as pb
+from quotehelper.aesm import sockets
 from quotehelper.aesm.client import OutOfProcessProvider
 from quotehelper.aesm.framing import encode_frame
 from quotehelper.aesm.server import SocketInUse
@@ -171,7 +173,29 @@ def test_socket_mode_stale_socket_and_live_server(platform: SimPlatform, tmp_pat
         assert error_code(exchange(path, bytes.fromhex("06000000 aa01 03 48 9875"))) == 0
     finally:
         svc.stop()
-    assert not os.path.exists(path)  # removed on shutdown
+    assert not os.path.exists(path) and not os.path.exists(path + ".lock")  # both removed on shutdown
+
+
+def test_lock_taken_on_a_removed_file_is_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The race the lock file's removal at exit opens: we open the old file, its owner unlinks it and
+    releases, we lock the orphan. _lock must notice and lock the file that is at the path."""
+    lock = tmp_path / "aesm.socket.lock"
+    lock.write_bytes(b"")
+    real_flock = fcntl.flock
+    calls: list[int] = []
+
+    def flock(fd: int, op: int) -> None:
+        real_flock(fd, op)
+        calls.append(fd)
+        if len(calls) == 1:
+            os.unlink(lock)  # the previous owner exits between our open and our flock
+    monkeypatch.setattr(sockets.fcntl, "flock", flock)
+    fd = sockets._lock(str(lock))
+    try:
+        assert len(calls) == 2  # the orphan was given up and the file now at the path locked
+        assert os.fstat(fd).st_ino == os.stat(lock).st_ino
+    finally:
+        os.close(fd)
 
 
 def test_foreign_live_server_is_not_replaced(platform: SimPlatform, tmp_path: Path) -> None:

@@ -49,12 +49,7 @@ def bind_atomically(path: str, mode: int, backlog: int) -> tuple[socket.socket, 
         raise QuoteHelperError(f"socket path is {len(path)} bytes, the limit is {SUN_PATH_MAX}: {path}")
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, mode=0o755, exist_ok=True)
-    lock_fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(lock_fd)
-        raise SocketInUse(f"another quotehelper service holds {path}.lock") from None
+    lock_fd = _lock(path + ".lock")
     try:
         try:
             st = os.lstat(path)
@@ -88,6 +83,24 @@ def bind_atomically(path: str, mode: int, backlog: int) -> tuple[socket.socket, 
         raise
 
 
+def _lock(lock_path: str) -> int:
+    """flock on `lock_path`, created if missing. The owner unlinks the file on exit (while holding the
+    lock), so a lock taken on a file that is no longer at the path is retried on the new one."""
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SocketInUse(f"another quotehelper service holds {lock_path}") from None
+        try:
+            if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # the previous owner removed it between our open and flock: take the new one
+
+
 class ServiceSocket:
     """The listening socket at `path`, owned for the life of the service (see bind_atomically)."""
 
@@ -106,5 +119,7 @@ class ServiceSocket:
         self.unlink()
         self.sock.close()
         if self._lock_fd >= 0:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path + ".lock")  # still locked: a waiter re-checks the path (see _lock)
             os.close(self._lock_fd)
             self._lock_fd = -1

@@ -63,7 +63,8 @@ def pod_spec(obj: dict) -> dict:
 def parse_cli(argv: list[str]) -> None:
     """Parses argv with the real `quotehelper` command tree (no command runs): a flag in a manifest
     that the CLI does not have fails here, not in a cluster."""
-    cmd = cli_main.commands.get(argv[0])
+    with click.Context(cli_main) as ctx:
+        cmd = cli_main.get_command(ctx, argv[0])
     if cmd is None:
         raise click.UsageError(f"no such command {argv[0]!r}")
     cmd.make_context(argv[0], list(argv[1:]))

@@ -127,7 +127,9 @@ def test_a_wrong_flag_would_be_caught():
 def test_quote_helper_daemonset(rendered, name):
     docs = rendered[name]
     ds = by(docs, "DaemonSet", "quote-helper")
-    assert ds["spec"]["updateStrategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}
+    # Zero-gap updates: surge a new pod that takes the socket over, then retire the old one.
+    assert ds["spec"]["updateStrategy"] == {"type": "RollingUpdate",
+                                            "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     spec = pod_spec(ds)
     assert spec["priorityClassName"] == "system-node-critical"
     assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -138,8 +140,10 @@ def test_quote_helper_daemonset(rendered, name):
                                     "capabilities": {"drop": ["ALL"]}}
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert c[probe]["exec"]["command"][:2] == ["quotehelper", "health"]
-    assert "aesm.socket" in " ".join(c["lifecycle"]["preStop"]["exec"]["command"])
-    assert c["args"][0] == "serve"
+    assert c["args"][0] == "serve" and "--take-over" in c["args"]
+    # No preStop: SIGTERM alone drains, and a hook waiting for the socket to go would wait for the
+    # successor's socket until the grace period ran out.
+    assert "lifecycle" not in c
     # It serves into the host's /var/run/aesmd through its own mount, at a path no device-plugin grant
     # uses (kubelet would pass two mounts at /var/run/aesmd: the enclave grant's and this one).
     sock = c["args"][c["args"].index("--socket") + 1]
@@ -149,7 +153,6 @@ def test_quote_helper_daemonset(rendered, name):
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         cmd = c[probe]["exec"]["command"]
         assert cmd[cmd.index("--socket") + 1] == sock
-    assert sock in " ".join(c["lifecycle"]["preStop"]["exec"]["command"])
     limits = c["resources"]["limits"]
     if name == "azure-legacy":
         assert limits.get("kubernetes.azure.com/sgx_epc_mem_in_MiB") == "1" and "sgx.intel.com/enclave" not in limits

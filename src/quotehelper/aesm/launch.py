@@ -47,6 +47,13 @@ def wait_for_socket(path: str, timeout: float = 20.0, proc: subprocess.Popen | N
     raise QuoteHelperError(f"nothing answering on {path} after {timeout:.0f}s")
 
 
+def _inode(path: str) -> int | None:
+    try:
+        return os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
+
+
 class ServiceProcess:
     """`quotehelper serve` in a child process; a context manager that stops it with SIGTERM."""
 
@@ -72,10 +79,18 @@ class ServiceProcess:
     def start(self, timeout: float = 30.0) -> ServiceProcess:
         env = dict(os.environ)
         env.pop("SGX_AESM_ADDR", None)  # the service itself never acts as a client
+        # Taking over from a running service: the old one answers on the path until ours replaces it.
+        previous = _inode(self.socket_path) if "--take-over" in self.args else None
         self.proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=self.stderr, env=env)
         try:
-            wait_for_socket(self.socket_path, timeout, self.proc)
+            end = time.monotonic() + timeout
+            while previous is not None and _inode(self.socket_path) == previous:
+                if self.proc.poll() is not None or time.monotonic() > end:
+                    raise QuoteHelperError(f"the service did not take over {self.socket_path} "
+                                           f"(exit code {self.proc.poll()})")
+                time.sleep(0.02)
+            wait_for_socket(self.socket_path, max(0.1, end - time.monotonic()), self.proc)
         except BaseException:
             self.kill()
             raise

@@ -32,8 +32,9 @@ class QuoteService:
 
     def __init__(self, socket_path: str, spec: EngineSpec, *, mode: int = DEFAULT_SOCKET_MODE,
                  workers: int | None = None, config: ServeConfig | None = None, backlog: int = 1024,
-                 metrics_addr: tuple[str, int] | None = None) -> None:
+                 metrics_addr: tuple[str, int] | None = None, take_over: bool = False) -> None:
         self.socket_path = socket_path
+        self.take_over = take_over  # replace a running quotehelper service's socket (bind_atomically)
         self.spec = spec
         self.mode = mode
         self.workers = workers
@@ -44,9 +45,11 @@ class QuoteService:
         self.socket: ServiceSocket | None = None
         self.supervisor: WorkerSupervisor | None = None
         self._stop = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.socket = ServiceSocket(self.socket_path, self.mode, self.backlog)  # refuses a live server's path
+        # Refuses a live server's path, unless take_over and that server is a quotehelper service.
+        self.socket = ServiceSocket(self.socket_path, self.mode, self.backlog, take_over=self.take_over)
         config = self.config
         on_exit = None
         if self.metrics_addr is not None:
@@ -75,6 +78,24 @@ class QuoteService:
             raise
         log.info("serving AESM protocol on %s (mode %o) with %d worker(s)", self.socket_path, self.mode,
                  self.supervisor.size)
+        self._watcher = asyncio.create_task(self._watch_socket(), name="socket-watch")
+
+    async def _watch_socket(self, every: float = 0.5) -> None:
+        """After a take-over, claim the lock once the previous service is gone; once taken over ourselves,
+        say so (we keep answering what we accepted and exit on SIGTERM, as the orchestrator expects)."""
+        sock = self.socket
+        assert sock is not None
+        said_replaced = False
+        while True:
+            if not sock.holds_lock and sock.claim_lock():
+                log.info("previous service gone; %s.lock is ours", self.socket_path)
+            if not said_replaced and sock.replaced():
+                said_replaced = True
+                log.warning("%s was taken over by another service; no new connections reach this one, "
+                            "waiting for SIGTERM", self.socket_path)
+            if sock.holds_lock and said_replaced:
+                return
+            await asyncio.sleep(every)
 
     def _worker_exited(self, pid: int, _code: int) -> None:
         if self.metrics is not None:
@@ -95,6 +116,9 @@ class QuoteService:
         """Unlink the path (no new clients), let every worker drain, then release the socket."""
         if self.socket is None:
             return
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         self.socket.unlink()
         try:
             if self.supervisor is not None:
@@ -122,7 +146,7 @@ class QuoteService:
 
 
 def exec_args(socket_path: str, spec: EngineSpec, *, mode: int, workers: int | None, config: ServeConfig,
-              verbose: bool = False, metrics_addr: str | None = None) -> list[str]:
+              verbose: bool = False, metrics_addr: str | None = None, take_over: bool = False) -> list[str]:
     """argv that runs this module as the service (what `quotehelper serve` execs into)."""
     args = [sys.executable, "-m", "quotehelper.aesm.entry", "service", "--socket", socket_path, "--mode", f"{mode:o}",
             "--spec", json.dumps({"target": spec.target, "args": list(spec.args), "then": spec.then}),
@@ -133,6 +157,8 @@ def exec_args(socket_path: str, spec: EngineSpec, *, mode: int, workers: int | N
         args += ["--metrics-addr", metrics_addr]
     if verbose:
         args.append("--verbose")
+    if take_over:
+        args.append("--take-over")
     return args
 
 
@@ -146,6 +172,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--metrics-addr", default=None, help="HOST:PORT to serve Prometheus /metrics on")
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--take-over", action="store_true", help="replace a running quotehelper service's socket")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -160,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as e:
             ap.error(str(e))
     service = QuoteService(a.socket, spec, mode=mode, workers=a.workers, config=ServeConfig(**json.loads(a.config)),
-                           metrics_addr=metrics_addr)
+                           metrics_addr=metrics_addr, take_over=a.take_over)
 
     def ready() -> None:
         assert service.supervisor is not None

@@ -39,17 +39,28 @@ def _probe_live(path: str) -> bool:
         s.close()
 
 
-def bind_atomically(path: str, mode: int, backlog: int) -> tuple[socket.socket, int, int]:
-    """Binds a listening socket at `path`; returns (socket, lock fd, socket inode).
+def bind_atomically(path: str, mode: int, backlog: int,
+                    take_over: bool = False) -> tuple[socket.socket, int, int]:
+    """Binds a listening socket at `path`; returns (socket, lock fd or -1, socket inode).
 
     Bound under a temporary name, chmod-ed, then renamed over `path`, so clients never see a socket
     file with the wrong mode or a moment with no socket at all when a stale one is replaced.
+
+    `take_over`: when another quotehelper service holds `<path>.lock`, replace its socket instead of
+    refusing (a zero-gap update: new connections reach us from the rename on, the old service answers
+    what it already accepted). The lock is then not ours yet (-1): see ServiceSocket.claim_lock. A
+    live server that does not hold the lock (aesmd) is never replaced, take_over or not.
     """
     if len(os.fsencode(path)) > SUN_PATH_MAX:
         raise QuoteHelperError(f"socket path is {len(path)} bytes, the limit is {SUN_PATH_MAX}: {path}")
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, mode=0o755, exist_ok=True)
-    lock_fd = _lock(path + ".lock")
+    try:
+        lock_fd = _lock(path + ".lock")
+    except SocketInUse:
+        if not take_over:
+            raise
+        lock_fd = -1  # a quotehelper service holds it: its socket is the one we replace
     try:
         try:
             st = os.lstat(path)
@@ -58,7 +69,7 @@ def bind_atomically(path: str, mode: int, backlog: int) -> tuple[socket.socket, 
         if st is not None:
             if not stat.S_ISSOCK(st.st_mode):
                 raise QuoteHelperError(f"{path} exists and is not a socket; refusing to replace it")
-            if _probe_live(path):
+            if lock_fd >= 0 and _probe_live(path):
                 raise SocketInUse(f"a live server is listening on {path} (aesmd?); refusing to take it over")
         tmp = f"{path}.{os.getpid()}~"
         if len(os.fsencode(tmp)) > SUN_PATH_MAX:
@@ -79,7 +90,8 @@ def bind_atomically(path: str, mode: int, backlog: int) -> tuple[socket.socket, 
         sock.setblocking(False)
         return sock, lock_fd, os.stat(path).st_ino
     except BaseException:
-        os.close(lock_fd)
+        if lock_fd >= 0:
+            os.close(lock_fd)
         raise
 
 
@@ -104,10 +116,32 @@ def _lock(lock_path: str) -> int:
 class ServiceSocket:
     """The listening socket at `path`, owned for the life of the service (see bind_atomically)."""
 
-    def __init__(self, path: str | Path, mode: int = DEFAULT_SOCKET_MODE, backlog: int = 1024) -> None:
+    def __init__(self, path: str | Path, mode: int = DEFAULT_SOCKET_MODE, backlog: int = 1024,
+                 take_over: bool = False) -> None:
         self.path = str(path)
         self.mode = mode
-        self.sock, self._lock_fd, self._ino = bind_atomically(self.path, mode, backlog)
+        self.sock, self._lock_fd, self._ino = bind_atomically(self.path, mode, backlog, take_over)
+
+    @property
+    def holds_lock(self) -> bool:
+        return self._lock_fd >= 0
+
+    def claim_lock(self) -> bool:
+        """After a take-over: takes `<path>.lock` once the previous service has exited (it removes the file
+        then), so the next update can take over from us. True once held."""
+        if self._lock_fd < 0:
+            try:
+                self._lock_fd = _lock(self.path + ".lock")
+            except SocketInUse:
+                return False
+        return True
+
+    def replaced(self) -> bool:
+        """True when the path no longer names our socket (a newer service took it over, or it was removed)."""
+        try:
+            return os.stat(self.path).st_ino != self._ino
+        except FileNotFoundError:
+            return True
 
     def unlink(self) -> None:
         """Removes the path if it still names our socket (a successor may have replaced it)."""

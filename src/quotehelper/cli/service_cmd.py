@@ -73,10 +73,14 @@ def _metrics_addr(_ctx: click.Context, _param: click.Parameter, value: str | Non
               callback=_metrics_addr,
               help="Serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free port; "
                    "env QUOTEHELPER_METRICS_ADDR) [default: off].")
+@click.option("--take-over", is_flag=True,
+              help="If another quotehelper service is serving on the socket, replace its socket instead of "
+                   "refusing: new connections come here at once, the old service answers what it already "
+                   "accepted and exits on its SIGTERM (a zero-gap update). aesmd is never replaced.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every lifecycle event.")
 def serve_cmd(socket_path: str, platform_dir: Path | None, engine: str, workers: int | None,
               queue_limit: int | None, socket_mode: int, read_timeout: float,
-              metrics_addr: str | None, verbose: bool) -> None:
+              metrics_addr: str | None, take_over: bool, verbose: bool) -> None:
     """Serve quotes on an AESM-compatible socket until SIGTERM (then drain and remove the socket)."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -101,10 +105,10 @@ def serve_cmd(socket_path: str, platform_dir: Path | None, engine: str, workers:
         sys.stdout.flush()
         sys.stderr.flush()
         args = exec_args(socket_path, spec, mode=socket_mode, workers=workers, config=cfg, verbose=verbose,
-                         metrics_addr=metrics_addr)
+                         metrics_addr=metrics_addr, take_over=take_over)
         os.execv(sys.executable, args)
     service = QuoteService(socket_path, spec, mode=socket_mode, workers=workers, config=cfg,
-                           metrics_addr=parse_addr(metrics_addr) if metrics_addr else None)
+                           metrics_addr=parse_addr(metrics_addr) if metrics_addr else None, take_over=take_over)
     try:
         asyncio.run(service.run())
     except QuoteHelperError as e:

@@ -1,0 +1,118 @@
+"""Zero-gap updates: `serve --take-over` replaces a running quotehelper service's socket while clients
+keep quoting; the old service answers what it accepted and exits on SIGTERM without touching the new
+socket; the new one then owns the lock, so the next update can take over from it. A live server that
+is not quotehelper (aesmd) is never replaced."""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from quotehelper.aesm.client import OutOfProcessProvider
+from quotehelper.aesm.launch import ServiceProcess, wait_for_socket
+from quotehelper.aesm.sockets import ServiceSocket, SocketInUse
+from quotehelper.platform.sim import SimPlatform
+from quotehelper.sgx.quote import parse_quote
+
+
+def _lock_is_held(path: str) -> bool:
+    fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock we may have taken
+    return False
+
+
+def _wait(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.05)
+
+
+def test_five_take_overs_under_sixteen_clients_with_no_gap(platform: SimPlatform, tmp_path: Path) -> None:
+    sock = str(tmp_path / "aesm.socket")
+    stop = threading.Event()
+    results: dict[int, list[bytes]] = {}
+    requested: dict[int, int] = {}
+    failures: list[BaseException] = []
+    providers: list[OutOfProcessProvider] = []
+
+    def client(i: int) -> None:
+        provider = OutOfProcessProvider(sock, deadline=30.0)
+        providers.append(provider)
+        enclave = platform.enclave(mr_enclave=bytes([i]) * 32)
+        got: list[bytes] = results.setdefault(i, [])
+        requested[i] = 0
+        try:
+            while not stop.is_set():
+                data = f"client {i} request {requested[i]}".encode()
+                requested[i] += 1
+                quote = provider.get_quote(enclave.report(provider.target_info(), data))
+                got.append(parse_quote(quote).report_body.report_data[:len(data)])
+        except BaseException as e:
+            failures.append(e)
+
+    old = ServiceProcess(sock, platform.platform_dir, workers=1, extra=["--take-over"]).start()
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(16)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(5):
+            time.sleep(0.3)
+            ino = os.stat(sock).st_ino
+            # The orchestrator's surge: the new service starts while the old one still serves...
+            new = ServiceProcess(sock, platform.platform_dir, workers=1, extra=["--take-over"]).start()
+            assert os.stat(sock).st_ino != ino  # the path now names the new socket
+            time.sleep(0.2)
+            assert old.proc is not None and old.proc.poll() is None  # ...the old one is still up
+            assert old.stop() == 0  # ...until its SIGTERM: it drains and exits
+            assert os.path.exists(sock)  # and leaves the new service's socket alone
+            _wait(lambda: _lock_is_held(sock))  # the new service claims the lock the old one released
+            old = new
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+        old.stop()
+    assert not failures, failures[:3]
+    for i in range(16):
+        assert requested[i] > 0
+        assert results[i] == [f"client {i} request {n}".encode() for n in range(requested[i])]
+    # No gap: not one connection refused, reset or answered with an error across the five updates.
+    reasons = sum((p.retry_reasons for p in providers), start=collections.Counter())
+    assert sum(p.retries for p in providers) == 0, reasons
+    assert not os.path.exists(sock) and not os.path.exists(sock + ".lock")
+
+
+def test_without_take_over_a_running_service_is_not_replaced(platform: SimPlatform, tmp_path: Path) -> None:
+    sock = str(tmp_path / "aesm.socket")
+    with ServiceProcess(sock, platform.platform_dir, workers=1):
+        ino = os.stat(sock).st_ino
+        with pytest.raises(SocketInUse, match="holds"):
+            ServiceSocket(sock)
+        assert os.stat(sock).st_ino == ino
+
+
+def test_take_over_never_replaces_a_server_that_is_not_quotehelper(tmp_path: Path) -> None:
+    path = str(tmp_path / "aesm.socket")
+    foreign = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # e.g. Intel's aesmd: no lock held
+    foreign.bind(path)
+    foreign.listen(1)
+    try:
+        with pytest.raises(SocketInUse, match="live server"):
+            ServiceSocket(path, take_over=True)
+        wait_for_socket(path, timeout=1, probe=None)  # still the foreign server's
+    finally:
+        foreign.close()

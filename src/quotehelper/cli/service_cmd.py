@@ -211,8 +211,12 @@ def _demo_enclave(plat: SimPlatform, socket_path: str, name: str, rounds: int, v
 @click.option("--rounds", type=click.IntRange(2, 1000), default=6, show_default=True,
               help="Quotes per enclave.")
 @click.option("--tcb-status", default="UpToDate", show_default=True, help="TCB status of the fresh platform.")
-@click.option("--no-update", is_flag=True, help="Skip the rolling update of the service halfway through.")
-def demo_cmd(enclaves: int, rounds: int, tcb_status: str, no_update: bool) -> None:
+@click.option("--update", type=click.Choice(["take-over", "restart", "none"]), default="take-over",
+              show_default=True,
+              help="How the service is replaced halfway: take-over (the DaemonSet's way: the new service takes "
+                   "the socket over, then the old one gets SIGTERM; no gap), restart (SIGTERM, then a new "
+                   "service: the clients ride through the gap with retries), or none.")
+def demo_cmd(enclaves: int, rounds: int, tcb_status: str, update: str) -> None:
     """Start the service on a temporary socket with a fresh software platform, quote from several
     simulated enclaves concurrently through the client library, replace the service halfway (as a
     DaemonSet rolling update would), and verify every quote."""
@@ -230,7 +234,8 @@ def demo_cmd(enclaves: int, rounds: int, tcb_status: str, no_update: bool) -> No
         with log_path.open("wb") as log:
             def start() -> ServiceProcess:
                 t0 = time.perf_counter()
-                svc = ServiceProcess(sock, plat.platform_dir, stderr=log.fileno())
+                svc = ServiceProcess(sock, plat.platform_dir, stderr=log.fileno(),
+                                     extra=["--take-over"] if update == "take-over" else None)
                 try:
                     svc.start()
                 except QuoteHelperError as e:
@@ -249,10 +254,17 @@ def demo_cmd(enclaves: int, rounds: int, tcb_status: str, no_update: bool) -> No
                     try:
                         halfway.wait(timeout=120)
                     except threading.BrokenBarrierError:
-                        no_update = True  # an enclave failed; its error is raised below
-                    if not no_update:
-                        click.echo(f"rolling update: SIGTERM to pid {svc.pid} (drains, removes its socket) "
-                                   "while the enclaves keep asking; a new service takes over")
+                        update = "none"  # an enclave failed; its error is raised below
+                    if update == "take-over":
+                        click.echo("rolling update while the enclaves keep asking: a new service takes the "
+                                   "socket over ...")
+                        old, svc = svc, start()
+                        click.echo(f"... then SIGTERM to the old pid {old.pid} (it answers what it had "
+                                   "accepted, leaves the new socket alone)")
+                        codes.append(old.stop())
+                    elif update == "restart":
+                        click.echo(f"restart while the enclaves keep asking: SIGTERM to pid {svc.pid} (drains, "
+                                   "removes its socket), then a new service")
                         codes.append(svc.stop())
                         svc = start()
                     try:
@@ -271,6 +283,7 @@ def demo_cmd(enclaves: int, rounds: int, tcb_status: str, no_update: bool) -> No
             click.echo(f"{r['name']:<14} {r['mrenclave']:<17} {r['size']:>6} {r['status']:<12} {r['agree']:<8} "
                        f"{r['p50']:>7.1f} {r['max']:>7.1f}  {retries}")
         total = sum(r["rounds"] for r in rows)
-        update = "" if no_update else ", across one rolling update of the service,"
-        click.echo(f"\n{total} quotes{update} all verified, none failed at the application; the service "
+        across = {"take-over": ", across one rolling update (take-over) of the service,",
+                  "restart": ", across one restart of the service,", "none": ""}[update]
+        click.echo(f"\n{total} quotes{across} all verified, none failed at the application; the service "
                    "stopped with SIGTERM and removed its socket.")

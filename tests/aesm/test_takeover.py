@@ -6,6 +6,7 @@ is not quotehelper (aesmd) is never replaced."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import fcntl
 import os
 import socket
@@ -116,3 +117,34 @@ def test_take_over_never_replaces_a_server_that_is_not_quotehelper(tmp_path: Pat
         wait_for_socket(path, timeout=1, probe=None)  # still the foreign server's
     finally:
         foreign.close()
+
+
+def test_socket_appears_at_the_path_only_when_published(tmp_path: Path) -> None:
+    path = str(tmp_path / "aesm.socket")
+    s = ServiceSocket(path, publish=False)
+    try:
+        assert not os.path.exists(path)  # listening, but clients cannot reach it yet
+        (tmp_name,) = [p for p in os.listdir(tmp_path) if p.endswith("~")]
+        wait_for_socket(str(tmp_path / tmp_name), timeout=1, probe=None)
+        s.publish()
+        wait_for_socket(path, timeout=1, probe=None)
+        assert not os.path.exists(tmp_path / tmp_name)
+    finally:
+        s.close()
+    assert os.listdir(tmp_path) == []  # socket, temporary name and lock file all gone
+
+
+def test_temporaries_of_a_service_that_died_starting_are_removed(tmp_path: Path) -> None:
+    path = str(tmp_path / "aesm.socket")
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(path + ".4242.deadbeef~")  # bound, never published, its process gone
+    stale.close()
+    starting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    starting.bind(path + ".4343.feedface~")  # another service still starting: left alone
+    starting.listen(1)
+    try:
+        with contextlib.closing(ServiceSocket(path)):
+            names = sorted(os.listdir(tmp_path))
+            assert "aesm.socket.4242.deadbeef~" not in names and "aesm.socket.4343.feedface~" in names
+    finally:
+        starting.close()

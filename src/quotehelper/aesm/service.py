@@ -48,8 +48,10 @@ class QuoteService:
         self._watcher: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        # Refuses a live server's path, unless take_over and that server is a quotehelper service.
-        self.socket = ServiceSocket(self.socket_path, self.mode, self.backlog, take_over=self.take_over)
+        # Refuses a live server's path, unless take_over and that server is a quotehelper service. Published
+        # at the path only once the workers are up: clients never wait on a service still starting.
+        self.socket = ServiceSocket(self.socket_path, self.mode, self.backlog, take_over=self.take_over,
+                                    publish=False)
         config = self.config
         on_exit = None
         if self.metrics_addr is not None:
@@ -71,6 +73,7 @@ class QuoteService:
         self.supervisor = WorkerSupervisor(self.spec, self.socket.sock, self.workers, config, on_exit=on_exit)
         try:
             await self.supervisor.start()
+            self.socket.publish()
         except BaseException:
             await self.supervisor.stop()
             self.socket.close()

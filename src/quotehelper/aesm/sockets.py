@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import glob
 import os
+import secrets
 import socket
 import stat
 from pathlib import Path
@@ -39,12 +41,12 @@ def _probe_live(path: str) -> bool:
         s.close()
 
 
-def bind_atomically(path: str, mode: int, backlog: int,
-                    take_over: bool = False) -> tuple[socket.socket, int, int]:
-    """Binds a listening socket at `path`; returns (socket, lock fd or -1, socket inode).
-
-    Bound under a temporary name, chmod-ed, then renamed over `path`, so clients never see a socket
-    file with the wrong mode or a moment with no socket at all when a stale one is replaced.
+def bind_unpublished(path: str, mode: int, backlog: int,
+                     take_over: bool = False) -> tuple[socket.socket, int, str]:
+    """A listening socket for `path`, bound under a temporary name beside it and chmod-ed; returns
+    (socket, lock fd or -1, temporary path). `publish` renames it over `path`: clients never see a
+    socket file with the wrong mode, nor a moment with no socket when a stale one is replaced, and the
+    caller can start serving before it publishes.
 
     `take_over`: when another quotehelper service holds `<path>.lock`, replace its socket instead of
     refusing (a zero-gap update: new connections reach us from the rename on, the old service answers
@@ -71,25 +73,57 @@ def bind_atomically(path: str, mode: int, backlog: int,
                 raise QuoteHelperError(f"{path} exists and is not a socket; refusing to replace it")
             if lock_fd >= 0 and _probe_live(path):
                 raise SocketInUse(f"a live server is listening on {path} (aesmd?); refusing to take it over")
-        tmp = f"{path}.{os.getpid()}~"
+        _remove_stale_temporaries(path)
+        # Unique even between two containers' pid 1 sharing the directory.
+        tag = f"{os.getpid()}.{secrets.token_hex(4)}~"
+        tmp = f"{path}.{tag}"
         if len(os.fsencode(tmp)) > SUN_PATH_MAX:
-            tmp = os.path.join(parent, f".q{os.getpid()}~")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+            tmp = os.path.join(parent, f".q{tag}")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(tmp)
             os.chmod(tmp, mode)
             sock.listen(backlog)
-            os.replace(tmp, path)
         except BaseException:
             sock.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
         sock.setblocking(False)
-        return sock, lock_fd, os.stat(path).st_ino
+        return sock, lock_fd, tmp
     except BaseException:
+        if lock_fd >= 0:
+            os.close(lock_fd)
+        raise
+
+
+def _remove_stale_temporaries(path: str) -> None:
+    """Temporary sockets a service left when it died before publishing (nothing listens on them). A live
+    one belongs to a service still starting and is left alone."""
+    parent, name = os.path.split(os.path.abspath(path))
+    for p in glob.glob(os.path.join(glob.escape(parent), glob.escape(name) + ".*~")) + \
+            glob.glob(os.path.join(glob.escape(parent), ".q*~")):
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(os.lstat(p).st_mode) and not _probe_live(p):
+                os.unlink(p)
+
+
+def publish(tmp: str, path: str) -> int:
+    """Renames a socket from bind_unpublished over `path` (atomically); returns its inode."""
+    os.replace(tmp, path)
+    return os.stat(path).st_ino
+
+
+def bind_atomically(path: str, mode: int, backlog: int,
+                    take_over: bool = False) -> tuple[socket.socket, int, int]:
+    """bind_unpublished + publish: (socket, lock fd or -1, socket inode)."""
+    sock, lock_fd, tmp = bind_unpublished(path, mode, backlog, take_over)
+    try:
+        return sock, lock_fd, publish(tmp, path)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         if lock_fd >= 0:
             os.close(lock_fd)
         raise
@@ -114,13 +148,30 @@ def _lock(lock_path: str) -> int:
 
 
 class ServiceSocket:
-    """The listening socket at `path`, owned for the life of the service (see bind_atomically)."""
+    """The listening socket at `path`, owned for the life of the service (see bind_unpublished).
+
+    With `publish=False` it listens under its temporary name until `publish()`, so a service can start
+    its workers first and appear at the path only once it can answer (a take-over then switches new
+    clients straight to ready workers)."""
 
     def __init__(self, path: str | Path, mode: int = DEFAULT_SOCKET_MODE, backlog: int = 1024,
-                 take_over: bool = False) -> None:
+                 take_over: bool = False, publish: bool = True) -> None:
         self.path = str(path)
         self.mode = mode
-        self.sock, self._lock_fd, self._ino = bind_atomically(self.path, mode, backlog, take_over)
+        self.sock, self._lock_fd, tmp = bind_unpublished(self.path, mode, backlog, take_over)
+        self._tmp: str | None = tmp
+        self._ino: int | None = None
+        if publish:
+            try:
+                self.publish()
+            except BaseException:
+                self.close()
+                raise
+
+    def publish(self) -> None:
+        if self._tmp is not None:
+            self._ino = publish(self._tmp, self.path)
+            self._tmp = None
 
     @property
     def holds_lock(self) -> bool:
@@ -138,6 +189,8 @@ class ServiceSocket:
 
     def replaced(self) -> bool:
         """True when the path no longer names our socket (a newer service took it over, or it was removed)."""
+        if self._ino is None:
+            return False  # not published yet
         try:
             return os.stat(self.path).st_ino != self._ino
         except FileNotFoundError:
@@ -145,6 +198,13 @@ class ServiceSocket:
 
     def unlink(self) -> None:
         """Removes the path if it still names our socket (a successor may have replaced it)."""
+        if self._tmp is not None:  # never published: only the temporary name is ours
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._tmp)
+            self._tmp = None
+            return
+        if self._ino is None:
+            return
         with contextlib.suppress(FileNotFoundError):
             if os.stat(self.path).st_ino == self._ino:
                 os.unlink(self.path)

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import click
@@ -159,17 +160,18 @@ DEMO_ENCLAVES = ("payments", "key-broker", "ml-inference", "ledger", "identity",
 
 
 def _demo_one(plat: SimPlatform, socket_path: str, name: str, rounds: int, verifier: Verifier,
-              halfway: threading.Barrier) -> dict:
-    """One simulated app enclave: `rounds` quotes through the client library, each verified twice."""
+              halfway: threading.Barrier, updated: threading.Event) -> dict:
+    """One simulated app enclave: `rounds` quotes through the client library, each verified twice, plus
+    as many as it can make while the service is being replaced."""
     try:
-        return _demo_enclave(plat, socket_path, name, rounds, verifier, halfway)
+        return _demo_enclave(plat, socket_path, name, rounds, verifier, halfway, updated)
     except BaseException:
         halfway.abort()  # let the others and the main thread stop waiting for us
         raise
 
 
 def _demo_enclave(plat: SimPlatform, socket_path: str, name: str, rounds: int, verifier: Verifier,
-                  halfway: threading.Barrier) -> dict:
+                  halfway: threading.Barrier, updated: threading.Event) -> dict:
     try:
         import dcap_qvl  # independent cross-check (test extra; `make demo` installs it)
     except ImportError:
@@ -178,10 +180,19 @@ def _demo_enclave(plat: SimPlatform, socket_path: str, name: str, rounds: int, v
     provider = provider_from_env(socket_path=socket_path, env={"SGX_AESM_ADDR": ""}, deadline=30.0)
     collateral = plat.collateral()
     qvl_coll = dcap_qvl.QuoteCollateralV3.from_json(collateral.to_dcap_qvl_json()) if dcap_qvl else None
-    latencies, status, size, agree = [], "?", 0, "n/a"
-    for i in range(rounds):
-        if i == rounds // 2:
-            halfway.wait()  # the service is updated while every enclave is mid-run
+    latencies: list[float] = []
+    status, size, agree = "?", 0, "n/a"
+
+    def schedule() -> Iterator[int]:
+        yield from range(rounds // 2)
+        halfway.wait()  # every enclave is mid-run when the service is replaced...
+        n = rounds // 2
+        while not updated.is_set():  # ...and keeps quoting throughout the update
+            yield n
+            n += 1
+        yield from range(n, n + rounds - rounds // 2)
+
+    for i in schedule():
         report_data = hashlib.sha256(f"{name} nonce {i} {time.time_ns()}".encode()).digest()
         t0 = time.perf_counter()
         report = enclave.report(provider.target_info(), report_data)
@@ -202,8 +213,25 @@ def _demo_enclave(plat: SimPlatform, socket_path: str, name: str, rounds: int, v
         status, size = verdict.status, len(quote)
     latencies.sort()
     return {"name": name, "mrenclave": enclave.identity.mr_enclave.hex()[:16], "size": size, "status": status,
-            "agree": agree, "p50": latencies[len(latencies) // 2], "max": latencies[-1], "rounds": rounds,
+            "agree": agree, "p50": latencies[len(latencies) // 2], "max": latencies[-1], "rounds": len(latencies),
             "retries": dict(provider.retry_reasons)}
+
+
+def _demo_update(update: str, svc: ServiceProcess, start: Callable[[], ServiceProcess],
+                 codes: list[int]) -> ServiceProcess:
+    """Replaces the service as `update` says; returns the one serving afterwards."""
+    if update == "take-over":
+        click.echo("rolling update while the enclaves keep asking: a new service takes the socket over ...")
+        old, svc = svc, start()
+        click.echo(f"... then SIGTERM to the old pid {old.pid} (it answers what it had accepted, leaves the "
+                   "new socket alone)")
+        codes.append(old.stop())
+    elif update == "restart":
+        click.echo(f"restart while the enclaves keep asking: SIGTERM to pid {svc.pid} (drains, removes its "
+                   "socket), then a new service")
+        codes.append(svc.stop())
+        svc = start()
+    return svc
 
 
 @main.command("demo")
@@ -231,6 +259,7 @@ def demo_cmd(enclaves: int, rounds: int, tcb_status: str, update: str) -> None:
         log_path = Path(tmp) / "service.log"
         names = DEMO_ENCLAVES[:enclaves]
         halfway = threading.Barrier(len(names) + 1)
+        updated = threading.Event()
         with log_path.open("wb") as log:
             def start() -> ServiceProcess:
                 t0 = time.perf_counter()
@@ -250,23 +279,16 @@ def demo_cmd(enclaves: int, rounds: int, tcb_status: str, update: str) -> None:
             codes = []
             try:
                 with concurrent.futures.ThreadPoolExecutor(len(names)) as ex:
-                    futures = [ex.submit(_demo_one, plat, sock, n, rounds, verifier, halfway) for n in names]
+                    futures = [ex.submit(_demo_one, plat, sock, n, rounds, verifier, halfway, updated)
+                               for n in names]
                     try:
                         halfway.wait(timeout=120)
                     except threading.BrokenBarrierError:
                         update = "none"  # an enclave failed; its error is raised below
-                    if update == "take-over":
-                        click.echo("rolling update while the enclaves keep asking: a new service takes the "
-                                   "socket over ...")
-                        old, svc = svc, start()
-                        click.echo(f"... then SIGTERM to the old pid {old.pid} (it answers what it had "
-                                   "accepted, leaves the new socket alone)")
-                        codes.append(old.stop())
-                    elif update == "restart":
-                        click.echo(f"restart while the enclaves keep asking: SIGTERM to pid {svc.pid} (drains, "
-                                   "removes its socket), then a new service")
-                        codes.append(svc.stop())
-                        svc = start()
+                    try:
+                        svc = _demo_update(update, svc, start, codes)
+                    finally:
+                        updated.set()
                     try:
                         rows = [f.result() for f in futures]
                     except (QuoteHelperError, SgxError, ValueError, threading.BrokenBarrierError) as e:
@@ -275,13 +297,13 @@ def demo_cmd(enclaves: int, rounds: int, tcb_status: str, update: str) -> None:
                 codes.append(svc.stop())
         if any(codes):
             raise click.ClickException(f"the service exited with {codes}:\n{log_path.read_text()}")
-        click.echo(f"\n{'enclave':<14} {'mrenclave':<17} {'quote':>6} {'TCB status':<12} {'dcap-qvl':<8} "
-                   f"{'p50 ms':>7} {'max ms':>7}  retries")
-        click.echo("-" * 86)
+        click.echo(f"\n{'enclave':<14} {'mrenclave':<17} {'quotes':>6} {'bytes':>6} {'TCB status':<12} "
+                   f"{'dcap-qvl':<8} {'p50 ms':>7} {'max ms':>7}  retries")
+        click.echo("-" * 93)
         for r in rows:
             retries = ", ".join(f"{k} x{v}" for k, v in r["retries"].items()) or "-"
-            click.echo(f"{r['name']:<14} {r['mrenclave']:<17} {r['size']:>6} {r['status']:<12} {r['agree']:<8} "
-                       f"{r['p50']:>7.1f} {r['max']:>7.1f}  {retries}")
+            click.echo(f"{r['name']:<14} {r['mrenclave']:<17} {r['rounds']:>6} {r['size']:>6} {r['status']:<12} "
+                       f"{r['agree']:<8} {r['p50']:>7.1f} {r['max']:>7.1f}  {retries}")
         total = sum(r["rounds"] for r in rows)
         across = {"take-over": ", across one rolling update (take-over) of the service,",
                   "restart": ", across one restart of the service,", "none": ""}[update]

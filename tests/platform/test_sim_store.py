@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -141,3 +143,25 @@ def test_platform_and_pki_moved_together(tmp_path: Path) -> None:
     moved = SimPlatform.open(tmp_path / "mounted" / "platform")
     assert moved.pki_dir == tmp_path / "mounted" / "pki"
     assert moved.root_ca_der() == root and moved.collateral().tcb_info["fmspc"] == "00906ED50000"
+
+
+def test_opening_a_platform_to_quote_loads_no_certificate_builders(tmp_path: Path) -> None:
+    """What each worker of the service does: open the platform, make its QE. The PKI and collateral
+    builders (X.509, asn1crypto) stay unloaded: ~3 MB less per worker."""
+    from quotehelper.platform.sim import SimPlatform
+
+    plat = SimPlatform.create(tmp_path / "p")
+    code = ("import sys\nfrom quotehelper.aesm.workers import EngineSpec\n"
+            f"e = EngineSpec('quotehelper.platform.sim:SimPlatform.open', ({str(plat.platform_dir)!r},), "
+            "then='engine')()\ne.get_quote\n"
+            "print(sorted(m for m in sys.modules if m.startswith(('asn1crypto', 'cryptography.x509', "
+            "'quotehelper.platform.sim.pki', 'quotehelper.platform.sim.collateral'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_default_qe_svn_is_up_to_date() -> None:
+    from quotehelper.platform.sim.collateral import QE_UP_TO_DATE_ISVSVN
+    from quotehelper.platform.sim.platform import DEFAULT_QE_SVN
+
+    assert DEFAULT_QE_SVN >= QE_UP_TO_DATE_ISVSVN

@@ -8,7 +8,6 @@ import errno
 import fcntl
 import glob
 import os
-import secrets
 import socket
 import stat
 from pathlib import Path
@@ -75,7 +74,7 @@ def bind_unpublished(path: str, mode: int, backlog: int,
                 raise SocketInUse(f"a live server is listening on {path} (aesmd?); refusing to take it over")
         _remove_stale_temporaries(path)
         # Unique even between two containers' pid 1 sharing the directory.
-        tag = f"{os.getpid()}.{secrets.token_hex(4)}~"
+        tag = f"{os.getpid()}.{os.urandom(4).hex()}~"
         tmp = f"{path}.{tag}"
         if len(os.fsencode(tmp)) > SUN_PATH_MAX:
             tmp = os.path.join(parent, f".q{tag}")

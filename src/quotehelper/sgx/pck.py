@@ -6,9 +6,9 @@ Formats only: takes and returns DER bytes; callers pull the extension out of the
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-
-from asn1crypto import core
+from typing import Any
 
 from quotehelper.errors import FormatError
 
@@ -21,18 +21,24 @@ SGX_TYPE_SCALABLE_WITH_INTEGRITY = 2
 SGX_TYPE_NAMES = {0: "Standard", 1: "Scalable", 2: "ScalableWithIntegrity"}
 
 
-class _EnumInt(core.Integer):
-    """ENUMERATED read as a plain integer (asn1crypto's Enumerated wants a name map)."""
+@functools.cache
+def _asn1() -> tuple[Any, type, type, type]:
+    """asn1crypto and the extension's schema, loaded on first use: parsing walks the DER itself, so only
+    building (and naming a new OID) needs them, and a process that only quotes never loads them."""
+    from asn1crypto import core
 
-    tag = 10
+    class _EnumInt(core.Integer):
+        """ENUMERATED read as a plain integer (asn1crypto's Enumerated wants a name map)."""
 
+        tag = 10
 
-class _Entry(core.Sequence):
-    _fields = [("oid", core.ObjectIdentifier), ("value", core.Any)]
+    class _Entry(core.Sequence):
+        _fields = [("oid", core.ObjectIdentifier), ("value", core.Any)]
 
+    class _Entries(core.SequenceOf):
+        _child_spec = _Entry
 
-class _Entries(core.SequenceOf):
-    _child_spec = _Entry
+    return core, _EnumInt, _Entry, _Entries
 
 
 _OIDS: dict[bytes, str] = {}  # DER OID contents -> dotted form; the extension uses ~30 fixed OIDs
@@ -42,7 +48,7 @@ def _oid(contents: bytes) -> str:
     if s is None:
         if len(contents) >= 128:
             raise ValueError("OID too long")
-        s = core.ObjectIdentifier.load(b"\x06" + bytes([len(contents)]) + contents).dotted
+        s = _asn1()[0].ObjectIdentifier.load(b"\x06" + bytes([len(contents)]) + contents).dotted
         if len(_OIDS) < 256:
             _OIDS[contents] = s
     return s
@@ -181,8 +187,9 @@ class PckExtension:
     def to_der(self) -> bytes:
         if len(self.tcb_components) != 16:
             raise FormatError("pck_sgx_extension", f"{_P}.2", 0, "needs exactly 16 TCB components")
+        core, _EnumInt, _Entry, _Entries = _asn1()
 
-        def entry(oid: str, value: core.Asn1Value) -> _Entry:
+        def entry(oid: str, value: Any) -> Any:
             return _Entry({"oid": oid, "value": core.Any(value)})
 
         tcb = [entry(f"{_P}.2.{i + 1}", core.Integer(c)) for i, c in enumerate(self.tcb_components)]

@@ -25,7 +25,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from quotehelper.platform.sim.store import PlatformStoreError, atomic_create_dir, read_private, write_atomic
+from quotehelper.platform.sim.store import (
+    PlatformStoreError,
+    atomic_create_dir,
+    load_private_key_pem,
+    private_key_pem,
+    read_private,
+    write_atomic,
+)
 from quotehelper.sgx.pck import SGX_EXTENSION_OID, PckExtension
 
 if TYPE_CHECKING:
@@ -65,18 +72,6 @@ def dn(cn: str) -> x509.Name:
         x509.NameAttribute(NameOID.STATE_OR_PROVINCE_NAME, "CA"),
         x509.NameAttribute(NameOID.COUNTRY_NAME, "US"),
     ])
-
-
-def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
-
-
-def _load_key(data: bytes) -> ec.EllipticCurvePrivateKey:
-    key = serialization.load_pem_private_key(data, None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ValueError("not an EC private key")
-    return key
 
 
 def _usage(*, cert_sign: bool) -> x509.KeyUsage:
@@ -139,7 +134,7 @@ class SimPki:
         cas: dict[str, _Ca] = {}
         try:
             for name in _NAMES:
-                key = _load_key(read_private(pki_dir / f"{name}.key.pem"))
+                key = load_private_key_pem(read_private(pki_dir / f"{name}.key.pem"))
                 cert = x509.load_pem_x509_certificate((pki_dir / f"{name}.pem").read_bytes())
                 cas[name] = _Ca(key, cert)
         except (OSError, ValueError) as e:
@@ -158,7 +153,7 @@ class SimPki:
                                      issuer=root_name, issuer_key=keys["root_ca"], ca_pathlen=pathlen,
                                      crl_url=ROOT_CRL_URL, not_before=_EPOCH, not_after=_CA_NOT_AFTER)
         for name in _NAMES:
-            write_atomic(tmp / f"{name}.key.pem", _key_pem(keys[name]), private=True)
+            write_atomic(tmp / f"{name}.key.pem", private_key_pem(keys[name]), private=True)
             write_atomic(tmp / f"{name}.pem", _pem(certs[name]))
         write_atomic(tmp / "revoked.json", json.dumps({CA_PROCESSOR: [], CA_PLATFORM: []}).encode())
 

@@ -15,6 +15,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from quotehelper.errors import QuoteHelperError
 
 DIR_MODE = 0o700
@@ -101,3 +104,16 @@ def read_private(path: Path) -> bytes:
     if st.st_mode & 0o077:
         raise PlatformStoreError(f"{path} is readable by others (mode {st.st_mode & 0o777:o}); expected 0600")
     return path.read_bytes()
+
+
+def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """PKCS#8 PEM, unencrypted: the platform and PKI directories are 0700 and their key files 0600."""
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def load_private_key_pem(data: bytes) -> ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(data, None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError("not an EC private key")
+    return key

@@ -4,6 +4,7 @@ and raw-frame helpers that talk to it exactly as a C client would."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import socket
 import threading
 from collections.abc import Iterator
@@ -119,3 +120,57 @@ def exchange(sock_path: str, data: bytes, timeout: float = 10.0, shut_write: boo
         return bytes(out)
     finally:
         s.close()
+
+
+class QuotingClients:
+    """N application threads quoting in a loop through the client library, each enclave putting its own
+    sequence number in the report data; `check()` proves every call returned once, in order, with its
+    own request's data (nothing lost or duplicated)."""
+
+    def __init__(self, sock: str, plat: SimPlatform, n: int, deadline: float = 30.0) -> None:
+        self.sock, self.plat, self.n, self.deadline = sock, plat, n, deadline
+        self.stop_event = threading.Event()
+        self.results: dict[int, list[bytes]] = {i: [] for i in range(n)}
+        self.requested: dict[int, int] = dict.fromkeys(range(n), 0)
+        self.failures: list[BaseException] = []
+        self.providers: list[aesm_client.OutOfProcessProvider] = []
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(n)]
+
+    def _run(self, i: int) -> None:
+        from quotehelper.sgx.quote import parse_quote
+
+        provider = aesm_client.OutOfProcessProvider(self.sock, deadline=self.deadline)
+        self.providers.append(provider)
+        enclave = self.plat.enclave(mr_enclave=bytes([i]) * 32)
+        try:
+            while not self.stop_event.is_set():
+                data = f"client {i} request {self.requested[i]}".encode()
+                self.requested[i] += 1
+                quote = provider.get_quote(enclave.report(provider.target_info(), data))
+                self.results[i].append(parse_quote(quote).report_body.report_data[:len(data)])
+        except BaseException as e:
+            self.failures.append(e)
+
+    def start(self) -> QuotingClients:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        for t in self.threads:
+            t.join(60)
+
+    def check(self) -> None:
+        assert not self.failures, self.failures[:3]
+        for i in range(self.n):
+            assert self.requested[i] > 0
+            assert self.results[i] == [f"client {i} request {k}".encode() for k in range(self.requested[i])]
+
+    @property
+    def retries(self) -> int:
+        return sum(p.retries for p in self.providers)
+
+    @property
+    def retry_reasons(self) -> collections.Counter[str]:
+        return sum((p.retry_reasons for p in self.providers), start=collections.Counter())

@@ -3,11 +3,9 @@ zero client-visible failures and no lost or duplicated responses."""
 
 from __future__ import annotations
 
-import collections
 import os
 import signal
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from quotehelper.aesm.launch import ServiceProcess
 from quotehelper.platform.sim import SimPlatform
 from quotehelper.sgx.quote import parse_quote
 from quotehelper.sgx.structs import DEFAULT_ECDSA_ATT_KEY_ID
+from tests.aesm.conftest import QuotingClients
 
 
 def test_sigterm_drains_in_flight_requests(platform: SimPlatform, tmp_path: Path) -> None:
@@ -61,34 +60,8 @@ def test_sigterm_drains_in_flight_requests(platform: SimPlatform, tmp_path: Path
 
 def test_ten_restarts_under_sixteen_clients(platform: SimPlatform, tmp_path: Path) -> None:
     sock = str(tmp_path / "aesm.socket")
-    stop = threading.Event()
-    results: dict[int, list[bytes]] = {}
-    requested: dict[int, int] = {}
-    failures: list[BaseException] = []
-    providers: list[OutOfProcessProvider] = []
-
-    def client(i: int) -> None:
-        provider = OutOfProcessProvider(sock, deadline=30.0)
-        providers.append(provider)
-        enclave = platform.enclave(mr_enclave=bytes([i]) * 32)
-        got: list[bytes] = []
-        results[i] = got
-        requested[i] = 0
-        seq = 0
-        try:
-            while not stop.is_set():
-                data = f"client {i} request {seq}".encode()
-                requested[i] += 1
-                quote = provider.get_quote(enclave.report(provider.target_info(), data))
-                got.append(parse_quote(quote).report_body.report_data[:len(data)])
-                seq += 1
-        except BaseException as e:
-            failures.append(e)
-
     svc = ServiceProcess(sock, platform.platform_dir, workers=2).start()
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(16)]
-    for t in threads:
-        t.start()
+    clients = QuotingClients(sock, platform, 16).start()
     try:
         for _ in range(10):
             time.sleep(0.3)
@@ -96,18 +69,11 @@ def test_ten_restarts_under_sixteen_clients(platform: SimPlatform, tmp_path: Pat
             svc = ServiceProcess(sock, platform.platform_dir, workers=2).start()
         time.sleep(0.3)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
+        clients.stop()
         svc.stop()
-    assert not failures, failures[:3]
-    for i in range(16):
-        # Each call returned exactly once, with its own request's data, in order: nothing lost or duplicated.
-        assert results[i] == [f"client {i} request {n}".encode() for n in range(requested[i])]
-        assert requested[i] > 0
-    reasons = sum((p.retry_reasons for p in providers), start=collections.Counter())
-    assert sum(p.retries for p in providers) > 0  # the restarts were really seen by the clients...
-    assert "AESM_ATT_KEY_NOT_INITIALIZED" not in reasons  # ...and the key survived every one of them
+    clients.check()  # each call returned exactly once, with its own request's data, in order
+    assert clients.retries > 0  # the restarts were really seen by the clients...
+    assert "AESM_ATT_KEY_NOT_INITIALIZED" not in clients.retry_reasons  # ...and the key survived them all
 
 
 def _alive(pid: int) -> bool:

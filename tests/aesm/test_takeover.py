@@ -5,22 +5,19 @@ is not quotehelper (aesmd) is never replaced."""
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import fcntl
 import os
 import socket
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from quotehelper.aesm.client import OutOfProcessProvider
 from quotehelper.aesm.launch import ServiceProcess, wait_for_socket
 from quotehelper.aesm.sockets import ServiceSocket, SocketInUse
 from quotehelper.platform.sim import SimPlatform
-from quotehelper.sgx.quote import parse_quote
+from tests.aesm.conftest import QuotingClients
 
 
 def _lock_is_held(path: str) -> bool:
@@ -43,31 +40,8 @@ def _wait(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
 
 def test_five_take_overs_under_sixteen_clients_with_no_gap(platform: SimPlatform, tmp_path: Path) -> None:
     sock = str(tmp_path / "aesm.socket")
-    stop = threading.Event()
-    results: dict[int, list[bytes]] = {}
-    requested: dict[int, int] = {}
-    failures: list[BaseException] = []
-    providers: list[OutOfProcessProvider] = []
-
-    def client(i: int) -> None:
-        provider = OutOfProcessProvider(sock, deadline=30.0)
-        providers.append(provider)
-        enclave = platform.enclave(mr_enclave=bytes([i]) * 32)
-        got: list[bytes] = results.setdefault(i, [])
-        requested[i] = 0
-        try:
-            while not stop.is_set():
-                data = f"client {i} request {requested[i]}".encode()
-                requested[i] += 1
-                quote = provider.get_quote(enclave.report(provider.target_info(), data))
-                got.append(parse_quote(quote).report_body.report_data[:len(data)])
-        except BaseException as e:
-            failures.append(e)
-
     old = ServiceProcess(sock, platform.platform_dir, workers=1, extra=["--take-over"]).start()
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(16)]
-    for t in threads:
-        t.start()
+    clients = QuotingClients(sock, platform, 16).start()
     try:
         for _ in range(5):
             time.sleep(0.3)
@@ -83,17 +57,11 @@ def test_five_take_overs_under_sixteen_clients_with_no_gap(platform: SimPlatform
             old = new
         time.sleep(0.3)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(60)
+        clients.stop()
         old.stop()
-    assert not failures, failures[:3]
-    for i in range(16):
-        assert requested[i] > 0
-        assert results[i] == [f"client {i} request {n}".encode() for n in range(requested[i])]
+    clients.check()  # nothing lost or duplicated
     # No gap: not one connection refused, reset or answered with an error across the five updates.
-    reasons = sum((p.retry_reasons for p in providers), start=collections.Counter())
-    assert sum(p.retries for p in providers) == 0, reasons
+    assert clients.retries == 0, clients.retry_reasons
     assert not os.path.exists(sock) and not os.path.exists(sock + ".lock")
 
 

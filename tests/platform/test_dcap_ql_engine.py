@@ -60,3 +60,34 @@ def test_missing_library_is_service_unavailable(tmp_path):
     with pytest.raises(QuoteError) as e:
         DcapQlEngine(str(tmp_path / "nope.so"))
     assert e.value.code is QuoteErrorCode.SERVICE_UNAVAILABLE and "libsgx-dcap-ql" in str(e.value)
+
+
+def test_every_worker_of_a_dcap_service_is_ready_to_quote(fake_lib, tmp_path, monkeypatch):
+    """DCAP keeps the attestation key per process. An app calls InitQuoteEx once and then quotes, and its
+    connections land on any worker: each worker must have initialised its QE before it serves, or the
+    app (which, with Intel's library, does not re-init) gets ATT_KEY_NOT_INITIALIZED (42)."""
+    import socket
+
+    from quotehelper.aesm import messages_pb2 as pb
+    from quotehelper.aesm.framing import recv_frame
+    from quotehelper.aesm.launch import ServiceProcess
+    from tests.aesm.test_wire import INIT_REQ, SIZE_REQ
+
+    monkeypatch.setenv("QUOTEHELPER_DCAP_LIB", str(fake_lib))
+    sock = str(tmp_path / "aesm.socket")
+    with ServiceProcess(sock, tmp_path / "unused", workers=2, extra=["--engine", "dcap"]):
+        codes = []
+        for _ in range(5):
+            conns = []
+            for frame in [INIT_REQ] + [SIZE_REQ] * 40:  # many at once: both workers take some
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.settimeout(10)
+                s.connect(sock)
+                s.sendall(frame)
+                conns.append(s)
+            for s in conns:
+                res = pb.Response.FromString(recv_frame(s))
+                codes.append(res.initQuoteExRes.errorCode if res.HasField("initQuoteExRes")
+                             else res.getQuoteSizeExRes.errorCode)
+                s.close()
+    assert set(codes) == {0}, sorted(set(codes))

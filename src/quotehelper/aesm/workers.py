@@ -144,11 +144,25 @@ async def _serve(listen: socket.socket, status: socket.socket, engine: QuotingEn
         stop_metrics()  # the last counts, before exit
 
 
+def warm_up(engine: QuotingEngine) -> None:
+    """Initialise the QE and its attestation key before this worker serves. An application calls
+    InitQuoteEx once and then quotes, and its connections land on any worker; engines that keep the key
+    per process (DCAP) would otherwise answer ATT_KEY_NOT_INITIALIZED (42) from every worker that did not
+    see the InitQuoteEx, and Intel's client does not re-init on its own. A failure here is only logged:
+    the engine reports it again, as a wire code, to whoever asks."""
+    try:
+        for key_id in engine.supported_att_key_ids()[:1]:
+            engine.init_quote(key_id)
+    except Exception as e:  # noqa: BLE001 - any engine failure; the worker still serves
+        log.warning("quoting engine not initialised at start: %s", e)
+
+
 def worker_main(listen_fd: int, status_fd: int, spec: EngineSpec, cfg: ServeConfig, index: int = 0) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop
     listen = socket.socket(fileno=listen_fd)
     status = socket.socket(fileno=status_fd)
     engine = spec()
+    warm_up(engine)
     asyncio.run(_serve(listen, status, engine, cfg, index))
 
 

@@ -7,9 +7,10 @@ Robustness beyond AESM (§1.3, §8.4):
   connection unanswered; a client that stalls is dropped at its read deadline, one that never reads its
   reply at the write deadline (both checked every `tick`, at most 0.1 s late). None of this touches
   other connections.
-- `bind_atomically`: the socket is bound under a temporary name, chmod-ed, then renamed over the final
-  path; a flock on `<path>.lock` plus a connect probe make sure a live server (ours or aesmd) is never
-  replaced, while a stale socket file is.
+- `ServiceSocket` (sockets.py): bound under a temporary name, chmod-ed, renamed over the final path
+  once the workers are up; a flock on `<path>.lock` plus a connect probe make sure a live server is
+  never replaced (with `take_over`, only another quotehelper service is, never aesmd), while a stale
+  socket file is.
 - `AesmServer.stop()`: stop accepting, answer what the kernel already queued, let in-flight requests
   finish (bounded), abort the rest.
 
@@ -51,7 +52,6 @@ from quotehelper.aesm.sockets import (  # noqa: F401 - re-exported: the server's
     DEFAULT_SOCKET_MODE,
     ServiceSocket,
     SocketInUse,
-    bind_atomically,
 )
 from quotehelper.platform.engine import QuotingEngine
 

@@ -34,7 +34,7 @@ class QuoteService:
                  workers: int | None = None, config: ServeConfig | None = None, backlog: int = 1024,
                  metrics_addr: tuple[str, int] | None = None, take_over: bool = False) -> None:
         self.socket_path = socket_path
-        self.take_over = take_over  # replace a running quotehelper service's socket (bind_atomically)
+        self.take_over = take_over  # replace a running quotehelper service's socket (bind_unpublished)
         self.spec = spec
         self.mode = mode
         self.workers = workers

@@ -113,21 +113,6 @@ def publish(tmp: str, path: str) -> int:
     return os.stat(path).st_ino
 
 
-def bind_atomically(path: str, mode: int, backlog: int,
-                    take_over: bool = False) -> tuple[socket.socket, int, int]:
-    """bind_unpublished + publish: (socket, lock fd or -1, socket inode)."""
-    sock, lock_fd, tmp = bind_unpublished(path, mode, backlog, take_over)
-    try:
-        return sock, lock_fd, publish(tmp, path)
-    except BaseException:
-        sock.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if lock_fd >= 0:
-            os.close(lock_fd)
-        raise
-
-
 def _lock(lock_path: str) -> int:
     """flock on `lock_path`, created if missing. The owner unlinks the file on exit (while holding the
     lock), so a lock taken on a file that is no longer at the path is retried on the new one."""

@@ -6,6 +6,7 @@ mounted socket; the service's health probe runs inside its pod. Root is needed f
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import textwrap
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,3 +218,85 @@ def test_service_pod_runs_on_a_read_only_platform_and_its_probe_passes_inside(no
     assert "self-test quote verified (UpToDate)" in probe.stdout
     write = run_in_pod(node.service_pod, ["/bin/sh", "-c", f"touch {node.plat.platform_dir}/x"])
     assert write.returncode != 0 and "Read-only file system" in write.stderr
+
+
+APP_LOOP = textwrap.dedent("""
+    import json, os, sys
+    from quotehelper.aesm.client import provider_from_env
+    from quotehelper.platform.sim import SimPlatform, default_platform_dir
+    provider = provider_from_env(deadline=30.0)
+    plat = SimPlatform.open(default_platform_dir())
+    enclave = plat.enclave(mr_enclave=bytes(range(32)))
+    n = 0
+    while not os.path.exists(sys.argv[1]):
+        provider.get_quote(enclave.report(provider.target_info(), n.to_bytes(8, "little")))
+        n += 1
+    print(json.dumps({"quotes": n, "retries": provider.retries, "reasons": dict(provider.retry_reasons)}))
+""")
+
+
+def _with_socket_dir(alloc: api_pb2.ContainerAllocateResponse, container_path: str,
+                     host_dir: Path) -> api_pb2.ContainerAllocateResponse:
+    """`alloc` with the socket directory at `container_path` bound to `host_dir` instead."""
+    out = api_pb2.ContainerAllocateResponse()
+    out.CopyFrom(alloc)
+    del out.mounts[:]
+    out.mounts.extend(m for m in alloc.mounts if m.container_path != container_path)
+    out.mounts.add(container_path=container_path, host_path=str(host_dir), read_only=container_path != SERVICE_SOCKET_DIR)
+    return out
+
+
+def test_daemonset_update_by_take_over_between_pods_with_an_app_pod_quoting(node, tmp_path):
+    """The DaemonSet's update path with the pods' real mounts: a surge pod's service takes the socket
+    over from the running pod's through the shared host directory (rename seen through the app's
+    read-only bind mount, flock across mount namespaces), the old pod gets SIGTERM and exits, and an app
+    pod quoting all along never retries."""
+    needs_namespaces()
+    assert node.service_pod is not None
+    host_dir = tmp_path / "aesmd"
+    host_dir.mkdir()
+    host_socket = str(host_dir / "aesm.socket")
+    service_pod = _with_socket_dir(node.service_pod, SERVICE_SOCKET_DIR, host_dir)
+    app_pod = _with_socket_dir(kubelet_merge(node.grants[sgx.EPC_RESOURCE], node.grants[sgx.ENCLAVE_RESOURCE]),
+                               "/var/run/aesmd", host_dir)
+    serve = [sys.executable, "-m", "quotehelper.cli", "serve", "--engine", "sim", "--platform",
+             str(node.plat.platform_dir), "--workers", "1", "--take-over", "--socket",
+             f"{SERVICE_SOCKET_DIR}/aesm.socket"]
+    procs: list[subprocess.Popen] = []
+
+    def start_pod(argv: list[str], alloc: api_pb2.ContainerAllocateResponse, **kw: object) -> subprocess.Popen:
+        p = subprocess.Popen(pod_argv(alloc, argv), stdin=subprocess.DEVNULL, **kw)
+        procs.append(p)
+        return p
+
+    try:
+        old = start_pod(serve, service_pod, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_socket(host_socket, 30, old)
+        stop_file = tmp_path / "stop"
+        app = start_pod([sys.executable, "-c", APP_LOOP, str(stop_file)], app_pod, stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        ino = os.stat(host_socket).st_ino
+        new = start_pod(serve, service_pod, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while os.stat(host_socket).st_ino == ino:  # the surge pod's service published its socket
+            assert new.poll() is None and time.monotonic() < deadline, "no take-over"
+            time.sleep(0.02)
+        time.sleep(0.5)
+        old.send_signal(signal.SIGTERM)  # the DaemonSet deletes the old pod once the new one is ready
+        assert old.wait(30) == 0
+        assert os.path.exists(host_socket)  # the old service left the new socket alone
+        time.sleep(0.5)
+        stop_file.touch()
+        out, err = app.communicate(timeout=60)
+        assert app.returncode == 0, err
+        result = json.loads(out)
+        assert result["quotes"] > 10 and result["retries"] == 0, result
+        new.send_signal(signal.SIGTERM)
+        assert new.wait(30) == 0
+        assert not os.path.exists(host_socket) and not os.path.exists(host_socket + ".lock")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()

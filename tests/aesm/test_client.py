@@ -24,6 +24,7 @@ from quotehelper.cli import main
 from quotehelper.errors import QuoteHelperError
 from quotehelper.platform.sim import SimPlatform
 from quotehelper.sgx.quote import parse_quote
+from quotehelper.sgx.structs import TargetInfo
 from tests.aesm.conftest import ThreadedService
 
 
@@ -101,6 +102,30 @@ def test_permanent_errors_are_not_retried(service: ThreadedService, platform: Si
         p.get_quote(wrong_target)
     assert (e.value.status, e.value.aesm_code, p.retries) == (SgxStatus.ERROR_MAC_MISMATCH, 47, 0)
     assert time.monotonic() - t0 < 2
+
+
+def test_a_report_for_a_stale_target_is_remade_for_the_current_qe(service: ThreadedService,
+                                                                   platform: SimPlatform) -> None:
+    """As after a QE update: the provider's cached target info no longer names the QE that answers."""
+    p = OutOfProcessProvider(service.sock, deadline=20.0)
+    enclave = platform.enclave()
+    current = p.target_info()
+    p._target_info = enclave.target_info()  # a target the service's QE is not (its report key differs)
+    made_for: list[bytes] = []
+
+    def make_report(ti: TargetInfo) -> bytes:
+        made_for.append(ti.mr_enclave)
+        return enclave.report(ti, b"fresh").to_bytes()
+
+    quote = p.get_quote_for(make_report)
+    assert parse_quote(quote).report_body.report_data.startswith(b"fresh")
+    assert made_for == [enclave.identity.mr_enclave, current.mr_enclave]  # remade once, for the real QE
+    assert p.retry_reasons == {"AESM_INVALID_REPORT": 1}
+    # And a plain get_quote with a stale report forgets the cached target, so the app's next one is fresh.
+    p._target_info = enclave.target_info()
+    with pytest.raises(SgxError):
+        p.get_quote(enclave.report(enclave.target_info(), b"stale"))
+    assert p.target_info().mr_enclave == current.mr_enclave
 
 
 def test_quote_cli_out_of_process_and_in_process(service: ThreadedService, platform: SimPlatform,

@@ -312,7 +312,12 @@ class QuoteProvider:
 
     def get_quote(self, report: bytes | Report, deadline: float | None = None,
                   qe_report_info: bytes | None = None) -> bytes:
-        """The quote for an app REPORT targeted at target_info(): exact length, padding removed."""
+        """The quote for an app REPORT targeted at target_info(): exact length, padding removed.
+
+        A REPORT the QE cannot verify (MAC_MISMATCH) is not retried: only the app can make another. The
+        cached target info is dropped then, because the usual cause in a working app is a QE that changed
+        under an update (another QE version or CPUSVN gives it another report key), so the app's next
+        target_info() asks the service again. `get_quote_for` does that round trip itself."""
         raw = report.to_bytes() if isinstance(report, Report) else bytes(report)
 
         def attempt(timeout: float) -> bytes:
@@ -322,7 +327,25 @@ class QuoteProvider:
             buf, _ = self.client.get_quote_ex(raw, size, self.att_key_id, qe_report_info, timeout)
             return buf[:quote_length(buf)]
 
-        return self._retrying(attempt, deadline, reinit_on_42=True)  # type: ignore[return-value]
+        try:
+            return self._retrying(attempt, deadline, reinit_on_42=True)  # type: ignore[return-value]
+        except SgxError as e:
+            if e.status == SgxStatus.ERROR_MAC_MISMATCH:
+                self._target_info = None
+            raise
+
+    def get_quote_for(self, make_report: Callable[[TargetInfo], bytes | Report], deadline: float | None = None,
+                      qe_report_info: bytes | None = None) -> bytes:
+        """target_info() -> `make_report` (the enclave's EREPORT) -> get_quote, remaking the report once
+        against a fresh target info if the QE could not verify it (a QE updated under the app)."""
+        try:
+            return self.get_quote(make_report(self.target_info(deadline)), deadline, qe_report_info)
+        except SgxError as e:
+            if e.status != SgxStatus.ERROR_MAC_MISMATCH:
+                raise
+            self.retries += 1
+            self.retry_reasons["AESM_INVALID_REPORT"] += 1
+            return self.get_quote(make_report(self.target_info(deadline)), deadline, qe_report_info)
 
 
 class OutOfProcessProvider(QuoteProvider):

@@ -148,8 +148,8 @@ def quote_cmd(platform_dir: Path | None, socket_path: str | None, report_data: s
         if socket_path:
             env.setdefault("SGX_AESM_ADDR", "1")
         provider = provider_from_env(plat.engine, socket_path=socket_path, env=env, deadline=deadline)
-        report = plat.enclave().report(provider.target_info(), data)
-        quote = provider.get_quote(report)
+        enclave = plat.enclave()
+        quote = provider.get_quote_for(lambda ti: enclave.report(ti, data))
     except (QuoteHelperError, SgxError) as e:
         raise click.ClickException(str(e)) from e
     output.write_bytes(quote)

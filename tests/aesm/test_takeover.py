@@ -104,15 +104,22 @@ def test_socket_appears_at_the_path_only_when_published(tmp_path: Path) -> None:
 
 def test_temporaries_of_a_service_that_died_starting_are_removed(tmp_path: Path) -> None:
     path = str(tmp_path / "aesm.socket")
+    old = time.time() - 3600
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    stale.bind(path + ".4242.deadbeef~")  # bound, never published, its process gone
+    stale.bind(path + ".4242.deadbeef~")  # bound an hour ago, never published, its process gone
     stale.close()
+    os.utime(path + ".4242.deadbeef~", (old, old))
     starting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    starting.bind(path + ".4343.feedface~")  # another service still starting: left alone
-    starting.listen(1)
+    starting.bind(path + ".4343.feedface~")  # another service still starting: bound, not listening yet
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    live.bind(path + ".4444.cafef00d~")  # an old one something listens on
+    live.listen(1)
+    os.utime(path + ".4444.cafef00d~", (old, old))
     try:
         with contextlib.closing(ServiceSocket(path)):
-            names = sorted(os.listdir(tmp_path))
-            assert "aesm.socket.4242.deadbeef~" not in names and "aesm.socket.4343.feedface~" in names
+            names = set(os.listdir(tmp_path))
+            assert "aesm.socket.4242.deadbeef~" not in names
+            assert {"aesm.socket.4343.feedface~", "aesm.socket.4444.cafef00d~"} <= names
     finally:
         starting.close()
+        live.close()

@@ -10,6 +10,7 @@ import glob
 import os
 import socket
 import stat
+import time
 from pathlib import Path
 
 from quotehelper.errors import QuoteHelperError
@@ -96,14 +97,19 @@ def bind_unpublished(path: str, mode: int, backlog: int,
         raise
 
 
+STALE_TEMPORARY_AGE = 60.0  # seconds; a service bound its temporary socket this long ago and never published
+
+
 def _remove_stale_temporaries(path: str) -> None:
-    """Temporary sockets a service left when it died before publishing (nothing listens on them). A live
-    one belongs to a service still starting and is left alone."""
+    """Temporary sockets a service left when it died before publishing: old enough and nothing listening.
+    A younger one may belong to a service still starting (bound, not yet listening) and is left alone."""
     parent, name = os.path.split(os.path.abspath(path))
     for p in glob.glob(os.path.join(glob.escape(parent), glob.escape(name) + ".*~")) + \
             glob.glob(os.path.join(glob.escape(parent), ".q*~")):
         with contextlib.suppress(OSError):
-            if stat.S_ISSOCK(os.lstat(p).st_mode) and not _probe_live(p):
+            st = os.lstat(p)
+            if stat.S_ISSOCK(st.st_mode) and time.time() - st.st_mtime > STALE_TEMPORARY_AGE \
+                    and not _probe_live(p):
                 os.unlink(p)
 
 

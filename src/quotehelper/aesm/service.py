@@ -85,19 +85,17 @@ class QuoteService:
 
     async def _watch_socket(self, every: float = 0.5) -> None:
         """After a take-over, claim the lock once the previous service is gone; once taken over ourselves,
-        say so (we keep answering what we accepted and exit on SIGTERM, as the orchestrator expects)."""
+        say so and stop watching (we answer what we accepted and exit on SIGTERM, as the orchestrator
+        expects; a lock we hold is released then)."""
         sock = self.socket
         assert sock is not None
-        said_replaced = False
         while True:
-            if not sock.holds_lock and sock.claim_lock():
-                log.info("previous service gone; %s.lock is ours", self.socket_path)
-            if not said_replaced and sock.replaced():
-                said_replaced = True
+            if sock.replaced():  # the lock is then for the service at the path, not for us
                 log.warning("%s was taken over by another service; no new connections reach this one, "
                             "waiting for SIGTERM", self.socket_path)
-            if sock.holds_lock and said_replaced:
                 return
+            if not sock.holds_lock and sock.claim_lock():
+                log.info("previous service gone; %s.lock is ours", self.socket_path)
             await asyncio.sleep(every)
 
     def _worker_exited(self, pid: int, _code: int) -> None:

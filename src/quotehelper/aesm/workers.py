@@ -151,8 +151,9 @@ def warm_up(engine: QuotingEngine) -> None:
     see the InitQuoteEx, and Intel's client does not re-init on its own. A failure here is only logged:
     the engine reports it again, as a wire code, to whoever asks."""
     try:
-        for key_id in engine.supported_att_key_ids()[:1]:
-            engine.init_quote(key_id)
+        key_ids = engine.supported_att_key_ids()
+        if key_ids:
+            engine.init_quote(key_ids[0])
     except Exception as e:  # noqa: BLE001 - any engine failure; the worker still serves
         log.warning("quoting engine not initialised at start: %s", e)
 

@@ -48,7 +48,7 @@ from quotehelper.sgx.pck import SGX_TYPE_SCALABLE, SGX_TYPE_STANDARD, PckConfigu
 from quotehelper.sgx.structs import DEFAULT_ECDSA_ATT_KEY_ID, FLAG_INITTED, FLAG_MODE64BIT, Attributes
 
 # The PKI and collateral modules (X.509 building) load only where a method needs them: opening a platform
-# to quote, what every worker process of the service does, needs neither (~5 MB less per worker).
+# to quote, what every worker process of the service does, needs neither (~3 MB less per worker).
 if TYPE_CHECKING:
     from cryptography import x509
 
@@ -189,9 +189,9 @@ class SimPlatform:
 
     @property
     def pki(self) -> SimPki:
-        from quotehelper.platform.sim.pki import SimPki
-
         if self._pki is None:
+            from quotehelper.platform.sim.pki import SimPki
+
             self._pki = SimPki.load(self.pki_dir)
         return self._pki
 

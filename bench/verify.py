@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from quotehelper.verify import Collateral, Verifier, VerifyOptions
 from quotehelper.verify import quote_checks as qc
 
-TESTDATA = Path(__file__).resolve().parents[2] / "shared" / "dcap-testdata"
+TESTDATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "dcap-testdata"
 SAMPLES = {
     "phala": ("phala-dcap-qvl/sgx_quote", "phala-dcap-qvl/sgx_quote_collateral.json", 1751624924),
     "zkdcap": ("zkdcap/quote_sgx_v3_00906ED50000.dat", "zkdcap/dcap_qvl_collateral_sgx_00906ED50000.json",

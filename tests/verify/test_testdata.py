@@ -1,4 +1,4 @@
-"""Every SGX quote with collateral in ../shared/dcap-testdata: the status and advisories its folder README
+"""Every SGX quote with collateral in tests/data/dcap-testdata: the status and advisories its folder README
 states, the same answer as dcap-qvl (same inputs, same test) and, where noted, Intel's QVL; and every
 negative sample rejected for the documented reason."""
 

@@ -20,6 +20,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from quotehelper.inputs import InputTypeError, PathLike, as_path
 from quotehelper.verify.errors import ErrorCode, VerificationError
 
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
@@ -65,6 +66,33 @@ def crl_to_der(data: bytes, what: str) -> bytes:
     if raw[:1] != b"\x30":
         raise _bad(f"{what}: not a DER/PEM/hex CRL", field=what)
     return raw
+
+
+def _encodable(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _json_object(text: str | bytes | bytearray) -> dict[str, Any]:
+    """JSON text -> dict, every failure a COLLATERAL_MALFORMED that says what was given instead."""
+    if isinstance(text, bytes | bytearray):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:  # json.loads would guess UTF-16/32 and report codec internals
+            raise _bad(f"not JSON: binary data at byte {e.start} (a quote or DER file given as collateral?)") from e
+    try:
+        d = json.loads(text)
+    except RecursionError as e:
+        raise _bad("not usable JSON: nested too deeply") from e
+    except ValueError as e:  # JSONDecodeError, or an integer beyond Python's digit limit
+        where = f" at line {e.lineno} column {e.colno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise _bad(f"not JSON{where}: {getattr(e, 'msg', 'unreadable value')}") from e
+    if not isinstance(d, dict):
+        raise _bad(f"collateral JSON must be an object, not {type(d).__name__}")
+    return d
 
 
 def _signature_bytes(value: Any, what: str) -> bytes:
@@ -161,18 +189,22 @@ class Collateral:
     # ---- dcap-qvl QuoteCollateralV3 JSON -------------------------------------------------------
     @classmethod
     def from_dcap_qvl_json(cls, text: str | bytes, source: str = "") -> Collateral:
-        try:
-            d = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise _bad(f"not JSON: {e}") from e
-        if not isinstance(d, dict):
-            raise _bad("collateral JSON must be an object")
+        """dcap-qvl's QuoteCollateralV3 as JSON text (UTF-8 bytes or str): nine string members (chains PEM,
+        CRLs hex DER, signed JSON as text, signatures 128 hex digits) and an optional
+        `pck_certificate_chain`. Raises VerificationError(COLLATERAL_MALFORMED) naming the member."""
+        if not isinstance(text, str | bytes | bytearray):
+            raise InputTypeError("collateral JSON", f"expected str or bytes, got {type(text).__name__}")
+        d = _json_object(text)
         missing = [k for k in _DCAP_QVL_KEYS if k not in d]
         if missing:
             raise _bad("dcap-qvl collateral misses keys", missing=missing)
         for k in _DCAP_QVL_KEYS + ("pck_certificate_chain",):
+            if k in _DCAP_QVL_KEYS and d[k] is None:
+                raise _bad(f"{k} is null", field=k)
             if k in d and d[k] is not None and not isinstance(d[k], str):
                 raise _bad(f"{k} must be a string", field=k)
+            if isinstance(d.get(k), str) and not _encodable(d[k]):
+                raise _bad(f"{k} holds a lone surrogate (not UTF-8 text)", field=k)
 
         def hexbytes(k: str) -> bytes:
             try:
@@ -236,7 +268,7 @@ class Collateral:
         )
 
     @classmethod
-    def from_pcs_dir(cls, directory: Path) -> Collateral:
+    def from_pcs_dir(cls, directory: PathLike) -> Collateral:
         """A folder of saved PCS responses. Files are recognised by content, header files by name:
         TCB info body ({"tcbInfo":..}), QE identity body ({"enclaveIdentity":{"id":"QE"..}}), two CRLs
         (the one issued by the root is the root CA CRL), and issuer chains: files named after the PCS
@@ -244,7 +276,7 @@ class Collateral:
         any case, `-`/`_`, optional extension), else recognised by the first certificate (TCB Signing
         -> TCB chain; a CA -> PCK CRL chain). A PEM file whose first certificate carries the SGX
         extension is the PCK certificate (chain)."""
-        return _PcsDir(directory).load()
+        return _PcsDir(as_path(directory, "collateral directory")).load()
 
 
 def _norm(name: str) -> str:
@@ -258,6 +290,16 @@ class _PcsDir:
         self.dir = directory
 
     def load(self) -> Collateral:
+        try:
+            return self._load()
+        except VerificationError:
+            raise
+        except OSError as e:
+            raise _bad(f"{self.dir}: cannot read: {e.strerror or e}") from e
+        except (ValueError, RecursionError) as e:  # a file that looked like JSON / PEM / DER but is not
+            raise _bad(f"{self.dir}: a file is not the collateral it looks like ({type(e).__name__})") from e
+
+    def _load(self) -> Collateral:
         tcb_body = qe_body = None
         crls: list[x509.CertificateRevocationList] = []
         chains: dict[str, bytes] = {}
@@ -333,8 +375,12 @@ class _PcsDir:
         return root[0].public_bytes(der), other[0].public_bytes(der)
 
 
-def load_collateral(path: Path) -> Collateral:
-    """`--collateral FILE`: a dcap-qvl QuoteCollateralV3 JSON file, or a folder of PCS responses."""
+def load_collateral(path: PathLike) -> Collateral:
+    """A dcap-qvl QuoteCollateralV3 JSON file, or a folder of saved PCS v4 responses (see from_pcs_dir).
+
+    `path` is a str or os.PathLike. Raises VerificationError(COLLATERAL_MALFORMED) for unreadable or
+    malformed collateral, InputTypeError for a path of another type."""
+    path = as_path(path, "collateral path")
     if path.is_dir():
         return Collateral.from_pcs_dir(path)
     try:

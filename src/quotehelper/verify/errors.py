@@ -23,6 +23,7 @@ class ErrorCode(enum.Enum):
     """Stable codes; the value is what JSON output carries. Never renumber or rename."""
 
     # input / format
+    NOT_A_QUOTE = "NOT_A_QUOTE"                            # too short for a header, or no quote header at all
     QUOTE_MALFORMED = "QUOTE_MALFORMED"
     QUOTE_UNSUPPORTED = "QUOTE_UNSUPPORTED"                # TDX, P-384, unknown body type
     QE_VENDOR_UNKNOWN = "QE_VENDOR_UNKNOWN"
@@ -72,7 +73,7 @@ class ErrorCode(enum.Enum):
     POLICY_REJECTED = "POLICY_REJECTED"
 
 
-_INPUT = {ErrorCode.ROOT_CA_MALFORMED, ErrorCode.POLICY_MALFORMED}
+_INPUT = {ErrorCode.ROOT_CA_MALFORMED, ErrorCode.POLICY_MALFORMED, ErrorCode.NOT_A_QUOTE}
 _COLLATERAL = {
     ErrorCode.COLLATERAL_MALFORMED, ErrorCode.TCB_INFO_MALFORMED, ErrorCode.TCB_INFO_UNSUPPORTED,
     ErrorCode.TCB_INFO_SIGNATURE_INVALID, ErrorCode.TCB_INFO_EXPIRED, ErrorCode.TCB_INFO_NOT_YET_VALID,

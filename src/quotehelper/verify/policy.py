@@ -21,11 +21,11 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import yaml
 
+from quotehelper.inputs import PathLike, as_path
 from quotehelper.verify.errors import ErrorCode, VerificationError
 from quotehelper.verify.tcb import TCB_STATUSES
 from quotehelper.verify.verdict import RuleResult, Verdict, iso
@@ -33,6 +33,7 @@ from quotehelper.verify.verdict import RuleResult, Verdict, iso
 _KEYS = {"accepted_tcb_statuses", "accepted_advisory_ids", "grace_period", "max_collateral_age", "mr_enclave",
          "mr_signer", "isv_prod_id", "min_isv_svn", "report_data", "allow_debug"}
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_MAX_SECONDS = 10**14  # timedelta's limit is ~8.6e13 s; larger values become the regex path's clear error
 
 
 def _bad(msg: str) -> VerificationError:
@@ -40,12 +41,15 @@ def _bad(msg: str) -> VerificationError:
 
 
 def parse_duration(v: Any, key: str) -> timedelta:
-    if type(v) is int and v >= 0:
+    if type(v) is int and 0 <= v <= _MAX_SECONDS:
         return timedelta(seconds=v)
     m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", str(v).strip())
     if not m:
         raise _bad(f"{key}: {v!r} is not a duration (seconds, or e.g. 30d, 12h)")
-    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    try:
+        return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    except OverflowError as e:
+        raise _bad(f"{key}: {v!r} is too long a duration") from e
 
 
 def _hex(v: Any, key: str, size: int | None = None) -> bytes:
@@ -113,12 +117,24 @@ class Policy:
         )
 
     @classmethod
-    def load(cls, path: Path) -> Policy:
+    def load(cls, path: PathLike) -> Policy:
+        """A policy file: JSON if it ends in .json, else YAML (the keys in this module's docstring).
+
+        `path` is a str or os.PathLike. Raises VerificationError(POLICY_MALFORMED), InputTypeError for a
+        path of another type."""
+        path = as_path(path, "policy path")
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
             data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (OSError, ValueError, yaml.YAMLError) as e:
-            raise _bad(f"cannot read policy {path}: {e}") from e
+        except OSError as e:
+            raise _bad(f"cannot read policy {path}: {e.strerror or e}") from e
+        except UnicodeDecodeError as e:
+            raise _bad(f"policy {path} is not UTF-8 text (byte {e.start})") from e
+        except RecursionError as e:
+            raise _bad(f"policy {path}: nested too deeply") from e
+        except (ValueError, yaml.YAMLError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise _bad(f"policy {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {first}") from e
         return cls.from_dict(data or {})
 
     @classmethod

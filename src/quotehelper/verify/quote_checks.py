@@ -32,7 +32,18 @@ _END = b"-----END CERTIFICATE-----"
 
 
 def load_quote(data: bytes) -> Quote:
-    """Parses an SGX ECDSA-P256 quote v3/v4/v5. Zero padding after the signature data is tolerated."""
+    """Parses an SGX ECDSA-P256 quote v3/v4/v5. Zero padding after the signature data is tolerated.
+
+    NOT_A_QUOTE (exit 2, unusable input) when the bytes are shorter than a header or neither the version
+    (3/4/5) nor the attestation key type (2/3) is one a quote carries: a text file, a certificate, zeros.
+    One wrong header field is a damaged quote instead (QUOTE_MALFORMED / QUOTE_UNSUPPORTED, exit 1)."""
+    if len(data) < 48:
+        raise VerificationError(ErrorCode.NOT_A_QUOTE, f"{len(data)} bytes: not a quote (a quote header alone "
+                                "is 48 bytes)", {"size": len(data)})
+    version, akt = int.from_bytes(data[0:2], "little"), int.from_bytes(data[2:4], "little")
+    if version not in (3, 4, 5) and akt not in (2, 3):
+        raise VerificationError(ErrorCode.NOT_A_QUOTE, "not a quote: no SGX/TDX quote header (version "
+                                f"{version}, attestation key type {akt})", {"field": "header.version"})
     try:
         q = parse_quote(data, allow_trailing=True)
     except FormatError as e:

@@ -12,13 +12,13 @@ import hashlib
 from dataclasses import dataclass
 from functools import cache, cached_property
 from importlib import resources
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from quotehelper.inputs import PathLike, as_path
 from quotehelper.verify.certs import Cert, register
 from quotehelper.verify.errors import ErrorCode, VerificationError
 
@@ -78,19 +78,25 @@ class TrustAnchor:
         try:
             cert = (x509.load_pem_x509_certificate(data) if data.lstrip().startswith(b"-----BEGIN")
                     else x509.load_der_x509_certificate(data))
-        except ValueError as e:
-            raise VerificationError(ErrorCode.ROOT_CA_MALFORMED, f"{source}: not an X.509 certificate: {e}") from e
+        except ValueError as e:  # the library's own text (an ASN.1 ParseError dump) helps nobody
+            raise VerificationError(ErrorCode.ROOT_CA_MALFORMED, f"{source}: not an X.509 certificate (DER or "
+                                    "PEM)") from e
         if not isinstance(cert.public_key(), ec.EllipticCurvePublicKey):
             raise VerificationError(ErrorCode.ROOT_CA_MALFORMED, f"{source}: root key is not ECDSA")
         der = cert.public_bytes(serialization.Encoding.DER)
         return cls(cert, der, hashlib.sha256(der).hexdigest().upper())
 
     @classmethod
-    def from_file(cls, path: Path) -> TrustAnchor:
+    def from_file(cls, path: PathLike) -> TrustAnchor:
+        """A root certificate file (DER or PEM); `path` is a str or os.PathLike.
+
+        Raises VerificationError(ROOT_CA_MALFORMED) for an unreadable file or one that is not an ECDSA
+        X.509 certificate, InputTypeError for a path of another type."""
+        path = as_path(path, "root CA path")
         try:
             data = path.read_bytes()
         except OSError as e:
-            raise VerificationError(ErrorCode.ROOT_CA_MALFORMED, f"cannot read {path}: {e}") from e
+            raise VerificationError(ErrorCode.ROOT_CA_MALFORMED, f"cannot read {path}: {e.strerror or e}") from e
         return cls.from_bytes(data, str(path))
 
     @classmethod

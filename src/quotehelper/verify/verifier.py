@@ -22,6 +22,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from quotehelper.errors import FormatError
+from quotehelper.inputs import InputTypeError, QuoteLike, TimeLike, as_quote_bytes, as_utc
 from quotehelper.sgx.pck import SGX_EXTENSION_OID, PckExtension
 from quotehelper.sgx.quote import CERT_PCK_CHAIN
 from quotehelper.verify import quote_checks as qc
@@ -63,7 +64,11 @@ class _Lru(Generic[K, V]):
 
 @dataclass(frozen=True)
 class VerifyOptions:
-    """Everything a verification depends on besides the quote. `now` None = the current time."""
+    """Everything a verification depends on besides the quote.
+
+    `now`: unix seconds (int/float) or an aware datetime, stored as an aware UTC datetime; None = the
+    current time at each call. A naive datetime raises InputError (see quotehelper.inputs.as_utc).
+    """
 
     trusted_roots: tuple[TrustAnchor, ...] = ()   # empty = Intel's production root (pinned)
     now: datetime | None = None
@@ -71,6 +76,20 @@ class VerifyOptions:
     pinned_intermediates: bool = True             # trust Intel's pinned intermediates' root signatures
     collateral: Collateral | None = None
     policy: Policy | None = None                  # None = Policy.permissive()
+
+    def __post_init__(self) -> None:
+        if self.now is not None:
+            object.__setattr__(self, "now", as_utc(self.now, "now"))
+        roots = self.trusted_roots
+        if isinstance(roots, TrustAnchor):
+            roots = (roots,)
+        if not isinstance(roots, tuple | list) or not all(isinstance(r, TrustAnchor) for r in roots):
+            raise InputTypeError("trusted_roots", "expected TrustAnchor objects (TrustAnchor.from_file(path))")
+        object.__setattr__(self, "trusted_roots", tuple(roots))
+        if self.collateral is not None:
+            _check_collateral_type(self.collateral)
+        if self.policy is not None and not isinstance(self.policy, Policy):
+            raise InputTypeError("policy", f"expected a Policy (Policy.load(path)), got {type(self.policy).__name__}")
 
 
 @dataclass
@@ -96,8 +115,11 @@ def _within(w: Window, now: datetime) -> bool:
     return w.not_before is not None and w.not_after is not None and w.not_before <= now < w.not_after
 
 
-def _to_utc(t: datetime) -> datetime:
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+def _check_collateral_type(coll: object) -> None:
+    # A str or dict here is a caller's mistake, not a bad input to report in a verdict.
+    if not isinstance(coll, Collateral) and not callable(getattr(coll, "to_dcap_qvl_json", None)):
+        raise InputTypeError("collateral", f"expected a Collateral, got {type(coll).__name__} (use "
+                             "Collateral.from_dcap_qvl_json(text) or load_collateral(path))")
 
 
 class Verifier:
@@ -109,11 +131,23 @@ class Verifier:
         self._collateral_cache: _Lru[tuple[bytes, str, bool], VerifiedCollateral] = _Lru(cache_size)
         self._pck_cache: _Lru[tuple[bytes, bytes, str], VerifiedPck] = _Lru(cache_size * 64)
 
-    def verify(self, quote: bytes, collateral: Collateral | None = None, *, now: datetime | None = None,
+    def verify(self, quote: QuoteLike, collateral: Collateral | None = None, *, now: TimeLike | None = None,
                policy: Policy | None = None) -> Verdict:
-        """Never raises for a bad quote or bad collateral: the verdict carries the error."""
-        coll = collateral or self.options.collateral
-        when = _to_utc(now or self.options.now or datetime.now(UTC))
+        """Verify one quote (bytes, or hex text) at `now` (unix seconds or an aware datetime; default: the
+        options' `now`, else the current time).
+
+        Never raises for a bad quote or bad collateral: the verdict carries the error (`Verdict.exit_code()`
+        maps it to 1 invalid / 2 unusable input). Raises InputTypeError / InputError for arguments of the
+        wrong type (collateral given as str or dict, a naive datetime, hex text that is not hex): those are
+        the caller's bugs, not verdicts.
+        """
+        raw = as_quote_bytes(quote)
+        coll = collateral if collateral is not None else self.options.collateral
+        if coll is not None:
+            _check_collateral_type(coll)
+        if policy is not None and not isinstance(policy, Policy):
+            raise InputTypeError("policy", f"expected a Policy, got {type(policy).__name__}")
+        when = as_utc(now, "now") if now is not None else self.options.now or datetime.now(UTC)
         facts: dict[str, Any] = {}
         try:
             if coll is None:
@@ -123,7 +157,7 @@ class Verifier:
                 if to_json is None:
                     raise VerificationError(ErrorCode.COLLATERAL_MALFORMED, f"not collateral: {type(coll).__name__}")
                 coll = Collateral.from_dcap_qvl_json(to_json())
-            verdict, oldest = self._verify(quote, coll, when, facts)
+            verdict, oldest = self._verify(raw, coll, when, facts)
         except VerificationError as e:
             return Verdict(valid=False, error=e, **facts)
         except (ValueError, TypeError, FormatError, UnsupportedAlgorithm, x509.DuplicateExtension) as e:  # safety net: a lazily parsed field that is corrupt
@@ -252,9 +286,23 @@ class Verifier:
         return VerifiedPck(key, ext, ca_type, ck.window)
 
 
-def verify_quote(quote: bytes, collateral: Collateral, **options: Any) -> Verdict:
+def verify_quote(quote: QuoteLike, collateral: Collateral, **options: Any) -> Verdict:
     """One-shot convenience: `verify_quote(q, c, now=..., trusted_roots=(...), policy=...)`."""
     return Verifier(VerifyOptions(**options)).verify(quote, collateral)
+
+
+def verify(raw_quote: QuoteLike, collateral: Collateral, now: TimeLike, *,
+           root_ca: TrustAnchor | None = None, policy: Policy | None = None) -> Verdict:
+    """dcap-qvl's shape, `verify(raw_quote, quote_collateral, now_secs)`, returning a Verdict.
+
+    `raw_quote`: bytes or hex text; `collateral`: a Collateral (`load_collateral(path)`,
+    `Collateral.from_dcap_qvl_json(text)`); `now`: unix seconds or an aware datetime. `root_ca`
+    replaces Intel's production root (a test PKI). Unlike dcap-qvl it does not raise for an invalid
+    quote: check `verdict.valid` / `verdict.accepted`. Raises InputTypeError / InputError for arguments
+    of the wrong type. Follows Intel's DCAP quote verification (docs: dcap-verification.md).
+    """
+    return Verifier(VerifyOptions(trusted_roots=(root_ca,) if root_ca else ())).verify(
+        raw_quote, collateral, now=now, policy=policy)
 
 
 

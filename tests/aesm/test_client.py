@@ -155,13 +155,20 @@ def test_demo_command() -> None:
     r = CliRunner().invoke(main, ["demo", "--enclaves", "2", "--rounds", "2", "--tcb-status", "SWHardeningNeeded"],
                            env={"SGX_AESM_ADDR": None})
     assert r.exit_code == 0, r.output
-    rows = [line.split() for line in r.output.splitlines() if line.startswith(("payments", "key-broker"))]
-    assert len(rows) == 2 and all(row[4] == "SWHardeningNeeded" and row[5] == "yes" for row in rows)
+    assert r.output.startswith("quotehelper demo: 2 simulated app enclaves")  # says what happens, first
     assert "rolling update" in r.output and "takes the socket over" in r.output
-    assert all(int(row[2]) > 2 for row in rows)  # each enclave also quoted during the update...
-    assert [row[8:] for row in rows] == [["-"], ["-"]], r.output  # ...and never had to retry: no gap
-    total = sum(int(row[2]) for row in rows)
-    assert f"{total} quotes, across one rolling update (take-over) of the service, all verified" in r.output
+    rows = [line.split() for line in r.output.splitlines() if line.startswith(("payments", "key-broker"))]
+    assert len(rows) == 2 and all(row[5] == "SWHardeningNeeded" and row[6] == "yes" for row in rows)
+    # quotes = 1 before + `during` + 1 after, and each enclave did quote during the update...
+    assert all(int(row[2]) == int(row[3]) + 2 and int(row[3]) > 0 for row in rows), r.output
+    assert [row[10:] for row in rows] == [["-"], ["-"]], r.output  # ...and never had to retry: no gap
+    total, during = sum(int(row[2]) for row in rows), sum(int(row[3]) for row in rows)
+    assert (f"{total} quotes, {during} of them during one rolling update (take-over) of the service, "
+            "all verified") in r.output
+    legend = {line.split()[0] for line in r.output.split("retries\n", 1)[1].splitlines() if line.startswith("  ")}
+    assert {"quotes", "during", "bytes", "dcap-qvl", "p50/max", "retries"} <= legend  # every column explained
+    assert r.output.rstrip().splitlines()[-1].strip().startswith("quotehelper verify")  # ends with what's next
+    assert "quotehelper demo --update restart" in r.output.split("next:", 1)[1]
 
 
 def test_demo_command_with_a_restart() -> None:
@@ -169,5 +176,6 @@ def test_demo_command_with_a_restart() -> None:
                            env={"SGX_AESM_ADDR": None})
     assert r.exit_code == 0, r.output
     rows = [line.split() for line in r.output.splitlines() if line.startswith(("payments", "key-broker"))]
-    total = sum(int(row[2]) for row in rows)
-    assert f"{total} quotes, across one restart of the service, all verified" in r.output
+    total, during = sum(int(row[2]) for row in rows), sum(int(row[3]) for row in rows)
+    assert f"{total} quotes, {during} of them during one restart of the service, all verified" in r.output
+    assert "quotehelper demo --update take-over" in r.output.split("next:", 1)[1]

@@ -9,9 +9,10 @@ import logging
 import os
 import sys
 import tempfile
+import textwrap
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import click
@@ -181,22 +182,25 @@ def _demo_enclave(plat: SimPlatform, socket_path: str, name: str, rounds: int, v
     collateral = plat.collateral()
     qvl_coll = dcap_qvl.QuoteCollateralV3.from_json(collateral.to_dcap_qvl_json()) if dcap_qvl else None
     latencies: list[float] = []
+    during: list[float] = []  # the quotes made while the service was being replaced
     status, size, agree = "?", 0, "n/a"
 
-    def schedule() -> Iterator[int]:
-        yield from range(rounds // 2)
+    def schedule() -> Iterator[tuple[int, bool]]:
+        yield from ((i, False) for i in range(rounds // 2))
         halfway.wait()  # every enclave is mid-run when the service is replaced...
         n = rounds // 2
         while not updated.is_set():  # ...and keeps quoting throughout the update
-            yield n
+            yield n, True
             n += 1
-        yield from range(n, n + rounds - rounds // 2)
+        yield from ((i, False) for i in range(n, n + rounds - rounds // 2))
 
-    for i in schedule():
+    for i, in_update in schedule():
         report_data = hashlib.sha256(f"{name} nonce {i} {time.time_ns()}".encode()).digest()
         t0 = time.perf_counter()
         quote = provider.get_quote_for(lambda ti, data=report_data: enclave.report(ti, data))
         latencies.append((time.perf_counter() - t0) * 1000)
+        if in_update:
+            during.append(latencies[-1])
         verdict = verifier.verify(quote, collateral)
         if not verdict.accepted:
             raise QuoteHelperError(f"{name}: quote rejected: {verdict.error or verdict.failed_rules}")
@@ -213,7 +217,7 @@ def _demo_enclave(plat: SimPlatform, socket_path: str, name: str, rounds: int, v
     latencies.sort()
     return {"name": name, "mrenclave": enclave.identity.mr_enclave.hex()[:16], "size": size, "status": status,
             "agree": agree, "p50": latencies[len(latencies) // 2], "max": latencies[-1], "rounds": len(latencies),
-            "retries": dict(provider.retry_reasons)}
+            "during": len(during), "max_during": max(during, default=0.0), "retries": dict(provider.retry_reasons)}
 
 
 def _demo_update(update: str, svc: ServiceProcess, start: Callable[[], ServiceProcess],
@@ -233,10 +237,52 @@ def _demo_update(update: str, svc: ServiceProcess, start: Callable[[], ServicePr
     return svc
 
 
+DEMO_UPDATES = {
+    "take-over": "while the service is replaced halfway by a rolling update as the DaemonSet does it (take-over: "
+                 "a new service takes the socket over, then the old one gets SIGTERM and drains)",
+    "restart": "while the service is restarted halfway (SIGTERM, it drains and removes its socket, then a new "
+               "one starts: the clients retry through the gap)",
+    "none": "from one service that runs throughout (no update)",
+}
+
+DEMO_LEGEND = (
+    ("quotes", "quotes the enclave got: {before} before the update, `during` while it ran, {after} after"),
+    ("during", "quotes it got while the service was being replaced (the update took {took:.2f} s)"),
+    ("bytes", "size of its quote (ECDSA P-256, PCK certificate chain included)"),
+    ("TCB status", "quotehelper's verdict under the platform's test root"),
+    ("dcap-qvl", "yes: dcap-qvl, verifying the same quote independently, gave the same status and advisories\n"
+                 "(n/a: dcap-qvl is not installed; `make demo` installs it)"),
+    ("p50/max ms", "time of one whole quote as the enclave sees it (InitQuoteEx, GetQuoteSizeEx, GetQuoteEx over\n"
+                   "the socket, retries included); `upd max`: the slowest one during the update. The enclaves\n"
+                   "are threads of this one Python process, which also verifies every quote twice, so these\n"
+                   "times include waiting for its GIL: bench/quote_service.py measures the service itself"),
+    ("retries", "the client library's retries, by reason (none expected with take-over)"),
+)
+
+DEMO_NEXT = (
+    ("quotehelper demo --update {other}", "the same across {other_what}"),
+    ("make test", "the test suite; `make image image-test`: the container image"),
+    ('README.md, section "Deploy"', "on Kubernetes (deploy/: kustomize overlays)"),
+    ("by hand, with a new platform directory P, a socket path S and an output directory T:", ""),
+    ("  quotehelper sim init --platform P", ""),
+    ("  quotehelper serve --platform P --socket S &", ""),
+    ("  quotehelper quote --platform P --socket S --report-data 00ff -o q.bin", ""),
+    ("  quotehelper sim export --platform P --out T", ""),
+    ("  quotehelper verify q.bin --collateral T/collateral.json --root-ca T/root_ca.pem", ""),
+)
+
+
+def _two_columns(rows: Iterable[tuple[str, str]], width: int) -> str:
+    """`key  text` lines, the text's continuation lines indented under it."""
+    return "\n".join(f"  {key:<{width}}  " + text.replace("\n", "\n" + " " * (width + 4)) if text else f"  {key}"
+                     for key, text in rows)
+
+
 @main.command("demo")
 @click.option("--enclaves", type=click.IntRange(1, len(DEMO_ENCLAVES)), default=4, show_default=True)
 @click.option("--rounds", type=click.IntRange(2, 1000), default=6, show_default=True,
-              help="Quotes per enclave.")
+              help="Quotes per enclave outside the update: half before it, half after; each enclave also "
+                   "quotes for as long as the update takes.")
 @click.option("--tcb-status", default="UpToDate", show_default=True, help="TCB status of the fresh platform.")
 @click.option("--update", type=click.Choice(["take-over", "restart", "none"]), default="take-over",
               show_default=True,
@@ -244,9 +290,19 @@ def _demo_update(update: str, svc: ServiceProcess, start: Callable[[], ServicePr
                    "the socket over, then the old one gets SIGTERM; no gap), restart (SIGTERM, then a new "
                    "service: the clients ride through the gap with retries), or none.")
 def demo_cmd(enclaves: int, rounds: int, tcb_status: str, update: str) -> None:
-    """Start the service on a temporary socket with a fresh software platform, quote from several
-    simulated enclaves concurrently through the client library, replace the service halfway (as a
-    DaemonSet rolling update would), and verify every quote."""
+    """N simulated app enclaves quote concurrently through the client library while the quote service is
+    replaced (as a DaemonSet rolling update does); every quote is verified. A fresh software platform on a
+    temporary socket: no SGX hardware, no network."""
+    names = DEMO_ENCLAVES[:enclaves]
+    before, after = rounds // 2, rounds - rounds // 2
+    click.echo(textwrap.fill(
+        f"quotehelper demo: {len(names)} simulated app enclaves get quotes concurrently through the client library "
+        f"(as libsgx-quote-ex does, over the AESM socket) {DEMO_UPDATES[update]}. Each makes "
+        + (f"{before} quotes, then keeps quoting for as long as the update takes, then makes {after} more"
+           if update != "none" else f"{rounds} quotes")
+        + "; every quote is verified by quotehelper under the platform's test root and cross-checked with "
+        "dcap-qvl. Software SGX platform: no SGX hardware, nothing from the network.",
+        width=108, break_on_hyphens=False) + "\n")
     with tempfile.TemporaryDirectory(prefix="qh-demo-") as tmp:
         click.echo(f"creating a software SGX platform (TCB {tcb_status}) and its test PKI in {tmp} ...")
         try:
@@ -256,9 +312,9 @@ def demo_cmd(enclaves: int, rounds: int, tcb_status: str, update: str) -> None:
         verifier = Verifier(VerifyOptions(trusted_roots=(TrustAnchor.from_bytes(plat.root_ca_der(), "test root"),)))
         sock = str(Path(tmp) / "aesm.socket")
         log_path = Path(tmp) / "service.log"
-        names = DEMO_ENCLAVES[:enclaves]
         halfway = threading.Barrier(len(names) + 1)
         updated = threading.Event()
+        took = None
         with log_path.open("wb") as log:
             def start() -> ServiceProcess:
                 t0 = time.perf_counter()
@@ -272,22 +328,24 @@ def demo_cmd(enclaves: int, rounds: int, tcb_status: str, update: str) -> None:
                 return svc
 
             svc = start()
-            click.echo(f"{len(names)} simulated app enclaves x {rounds} quotes each, concurrently, through the "
-                       "client library (SGX_AESM_ADDR set); every quote verified by quotehelper's verifier "
-                       "under the platform's test root and cross-checked with dcap-qvl\n")
+            click.echo(f"{len(names)} enclaves quoting: {', '.join(names)}")
             codes = []
             try:
                 with concurrent.futures.ThreadPoolExecutor(len(names)) as ex:
                     futures = [ex.submit(_demo_one, plat, sock, n, rounds, verifier, halfway, updated)
                                for n in names]
+                    if update == "none":
+                        updated.set()  # nobody quotes "during" an update
                     try:
                         halfway.wait(timeout=120)
                     except threading.BrokenBarrierError:
                         update = "none"  # an enclave failed; its error is raised below
+                    t0 = time.perf_counter()
                     try:
                         svc = _demo_update(update, svc, start, codes)
                     finally:
                         updated.set()
+                    took = time.perf_counter() - t0 if update != "none" else None
                     try:
                         rows = [f.result() for f in futures]
                     except (QuoteHelperError, SgxError, ValueError, threading.BrokenBarrierError) as e:
@@ -296,15 +354,31 @@ def demo_cmd(enclaves: int, rounds: int, tcb_status: str, update: str) -> None:
                 codes.append(svc.stop())
         if any(codes):
             raise click.ClickException(f"the service exited with {codes}:\n{log_path.read_text()}")
-        click.echo(f"\n{'enclave':<14} {'mrenclave':<17} {'quotes':>6} {'bytes':>6} {'TCB status':<12} "
-                   f"{'dcap-qvl':<8} {'p50 ms':>7} {'max ms':>7}  retries")
-        click.echo("-" * 93)
-        for r in rows:
-            retries = ", ".join(f"{k} x{v}" for k, v in r["retries"].items()) or "-"
-            click.echo(f"{r['name']:<14} {r['mrenclave']:<17} {r['rounds']:>6} {r['size']:>6} {r['status']:<12} "
-                       f"{r['agree']:<8} {r['p50']:>7.1f} {r['max']:>7.1f}  {retries}")
-        total = sum(r["rounds"] for r in rows)
-        across = {"take-over": ", across one rolling update (take-over) of the service,",
-                  "restart": ", across one restart of the service,", "none": ""}[update]
-        click.echo(f"\n{total} quotes{across} all verified, none failed at the application; the service "
-                   "stopped with SIGTERM and removed its socket.")
+        _demo_report(rows, update, before, after, took)
+
+
+def _demo_report(rows: list[dict], update: str, before: int, after: int, took: float | None) -> None:
+    click.echo(f"\n{'enclave':<14} {'mrenclave':<17} {'quotes':>6} {'during':>6} {'bytes':>6} {'TCB status':<12} "
+               f"{'dcap-qvl':<8} {'p50 ms':>7} {'max ms':>7} {'upd max':>7}  retries")
+    click.echo("-" * 108)
+    for r in rows:
+        retries = ", ".join(f"{k} x{v}" for k, v in r["retries"].items()) or "-"
+        upd_max = f"{r['max_during']:>7.1f}" if r["during"] else f"{'-':>7}"
+        click.echo(f"{r['name']:<14} {r['mrenclave']:<17} {r['rounds']:>6} {r['during']:>6} {r['size']:>6} "
+                   f"{r['status']:<12} {r['agree']:<8} {r['p50']:>7.1f} {r['max']:>7.1f} {upd_max}  {retries}")
+    legend = [(k, t.format(before=before, after=after, took=took)) for k, t in DEMO_LEGEND
+              if took is not None or k != "during"]
+    if took is None:
+        legend[0] = ("quotes", "quotes the enclave got (no update: `during` and `upd max` stay empty)")
+    click.echo("\n" + _two_columns(legend, 10))
+    total = sum(r["rounds"] for r in rows)
+    during = sum(r["during"] for r in rows)
+    across = {"take-over": f", {during} of them during one rolling update (take-over) of the service,",
+              "restart": f", {during} of them during one restart of the service,", "none": ","}[update]
+    click.echo(f"\n{total} quotes{across} all verified, none failed at the application; the service "
+               "stopped with SIGTERM and removed its socket.\n")
+    other = "restart" if update != "restart" else "take-over"
+    other_what = {"restart": "a plain restart: the enclaves retry through the gap",
+                  "take-over": "a rolling update (take-over): no gap, no retries"}[other]
+    click.echo("next:\n" + _two_columns([(k.format(other=other), t.format(other_what=other_what))
+                                         for k, t in DEMO_NEXT], 35))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 import click
 
@@ -29,6 +30,25 @@ class _LazyGroup(click.Group):
         if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
             importlib.import_module(f"{__name__}.{COMMAND_MODULES[cmd_name]}")
         return super().get_command(ctx, cmd_name)
+
+    def invoke(self, ctx: click.Context) -> object:
+        # No traceback reaches a user: quotehelper's own errors and OS errors are unusable input (exit 2),
+        # anything else is our bug (exit 70, EX_SOFTWARE); QUOTEHELPER_TRACEBACK=1 shows the traceback.
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as e:
+            if os.environ.get("QUOTEHELPER_TRACEBACK"):
+                raise
+            from quotehelper.errors import QuoteHelperError
+            if isinstance(e, QuoteHelperError | OSError):
+                where = f": {e.filename}" if isinstance(e, OSError) and e.filename else ""
+                text = f"{e.strerror}{where}" if isinstance(e, OSError) and e.strerror else str(e)
+                click.echo(f"error: {text}", err=True)
+                ctx.exit(2)
+            click.echo(f"internal error: {type(e).__name__}: {e} (QUOTEHELPER_TRACEBACK=1 shows where)", err=True)
+            ctx.exit(70)
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

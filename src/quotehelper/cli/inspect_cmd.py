@@ -49,7 +49,8 @@ def inspect_cmd(quote: Path, as_json: bool) -> None:
         q = parse_quote(_read_quote_file(quote), allow_trailing=True)
         d = quote_dict(q)
     except FormatError as e:
-        raise click.ClickException(f"not a valid quote: {e}") from e
+        click.echo(f"error: not a valid quote: {e}", err=True)
+        raise SystemExit(2) from e  # unusable input, as in `verify`
     if as_json:
         click.echo(json.dumps(d, indent=2))
     else:

@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
+from quotehelper import inputs
 from quotehelper.cli import main
 from quotehelper.cli.inspect_cmd import _read_quote_file
-from quotehelper.verify import Collateral, Policy, TrustAnchor, VerificationError, Verifier, VerifyOptions
+from quotehelper.verify import (
+    Collateral,
+    ErrorCode,
+    Policy,
+    TrustAnchor,
+    VerificationError,
+    Verifier,
+    VerifyOptions,
+)
 from quotehelper.verify.collateral import load_collateral
 from quotehelper.verify.verdict import Verdict
 
@@ -25,15 +34,11 @@ _SKIP_SUFFIXES = {".json", ".pem", ".der", ".crl", ".md", ".txt", ".yaml", ".yml
 
 
 def parse_time(value: str) -> datetime:
-    """Unix seconds or ISO 8601 (a missing zone means UTC)."""
-    v = value.strip()
-    if v.isdigit():
-        return datetime.fromtimestamp(int(v), UTC)
+    """Unix seconds or ISO 8601 (a missing zone means UTC); click's usage error (exit 2) otherwise."""
     try:
-        t = datetime.fromisoformat(v)
-    except ValueError as e:
-        raise click.BadParameter(f"{value!r} is neither unix seconds nor ISO 8601") from e
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t
+        return inputs.parse_time(value, "--now")
+    except inputs.InputError as e:
+        raise click.BadParameter(e.message, param_hint="--now") from e
 
 
 def _fail_input(e: VerificationError) -> None:
@@ -73,7 +78,7 @@ def _batch_code(codes: list[int]) -> int:
 def _run_batch(verifier: Verifier, directory: Path, collateral: Collateral, out: Any) -> int:
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() not in _SKIP_SUFFIXES)
     codes: list[int] = []
-    counts = {"accepted": 0, "rejected": 0, "invalid": 0}
+    counts = {"accepted": 0, "rejected": 0, "invalid": 0, "not quotes": 0}
     with click.progressbar(files, label="verifying", file=sys.stderr, show_pos=True) as bar:
         for path in bar:
             coll = collateral
@@ -88,11 +93,15 @@ def _run_batch(verifier: Verifier, directory: Path, collateral: Collateral, out:
                 click.echo(f"error: cannot read {path}: {e}", err=True)
                 codes.append(EXIT_INPUT)
                 continue
+            if v.error is not None and v.error.code is ErrorCode.NOT_A_QUOTE:
+                counts["not quotes"] += 1  # a script or note beside the quotes: skipped, not an invalid quote
+                continue
             codes.append(v.exit_code())
             counts["accepted" if v.accepted else "invalid" if v.error else "rejected"] += 1
             out.write(json.dumps({"file": str(path), **v.to_dict()}) + "\n")
-    click.echo(f"{len(files)} quotes: {counts['accepted']} accepted, {counts['rejected']} rejected by policy, "
-               f"{counts['invalid']} invalid", err=True)
+    skipped = f", {counts['not quotes']} files skipped (not quotes)" if counts["not quotes"] else ""
+    click.echo(f"{len(codes)} quotes: {counts['accepted']} accepted, {counts['rejected']} rejected by policy, "
+               f"{counts['invalid']} invalid{skipped}", err=True)
     return _batch_code(codes)
 
 

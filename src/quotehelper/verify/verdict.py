@@ -109,8 +109,9 @@ class Verdict:
         }
 
     def summary(self) -> str:
-        if self.error is not None:
-            return f"INVALID {self.error.code.value}: {self.error.message}"
+        if self.error is not None:  # INVALID only for the quote's fault; else nothing was decided (exit 2)
+            head = "INVALID" if self.error.kind is Kind.QUOTE else "CANNOT VERIFY"
+            return f"{head} {self.error.code.value}: {self.error.message}"
         adv = f" [{', '.join(self.advisory_ids)}]" if self.advisory_ids else ""
         head = f"{self.status}{adv}"
         if not self.accepted:

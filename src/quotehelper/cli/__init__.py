@@ -18,6 +18,7 @@ COMMAND_MODULES = {
     "verify": "verify_cmd",
     "sim": "sim_cmd",
     "serve": "service_cmd", "quote": "service_cmd", "demo": "service_cmd",
+    "ratls": "ratls_cmd",
     "device-plugin": "k8s_cmd", "webhook": "k8s_cmd", "health": "k8s_cmd", "webhook-tls": "k8s_cmd",
 }
 

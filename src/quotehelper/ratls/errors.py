@@ -33,6 +33,7 @@ class RatlsCode(enum.Enum):
     POLICY_REJECTED = "POLICY_REJECTED"                # valid quote, refused by the policy (detail: failed rules)
     PEER_NO_CERTIFICATE = "PEER_NO_CERTIFICATE"
     HANDSHAKE_FAILED = "HANDSHAKE_FAILED"
+    REFUSED_BY_PEER = "REFUSED_BY_PEER"                # the peer ended the connection with a TLS alert
 
 
 class RatlsError(QuoteHelperError):

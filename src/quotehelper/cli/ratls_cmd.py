@@ -1,0 +1,233 @@
+"""`quotehelper ratls cert|verify|serve|connect`: RA-TLS certificates and attested TLS (quotehelper.ratls).
+
+Exit codes of verify/serve --once/connect: 0 the peer was accepted, 1 refused (evidence, binding or
+quote invalid), 2 unusable input (files, options, no collateral), 3 valid but refused by the policy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from quotehelper.cli import main
+from quotehelper.cli.sim_cmd import HexBytes, _enclave, _enclave_options, _platform_option
+from quotehelper.cli.verify_cmd import parse_time
+from quotehelper.errors import QuoteHelperError
+
+EXIT_OK, EXIT_REFUSED, EXIT_INPUT, EXIT_POLICY = 0, 1, 2, 3
+_INPUT_CODES = {"OPTIONS_INVALID", "CERT_MALFORMED", "COLLATERAL_UNAVAILABLE", "ENDORSEMENTS_MALFORMED"}
+
+
+def _exit_code(code: str | None) -> int:
+    if code is None:
+        return EXIT_OK
+    return EXIT_POLICY if code == "POLICY_REJECTED" else EXIT_INPUT if code in _INPUT_CODES else EXIT_REFUSED
+
+
+def _making_options(fn: Callable[..., None]) -> Callable[..., None]:
+    opts = [
+        _platform_option,
+        click.option("--socket", "socket_path", default=None,
+                     help="Quote through the service on this socket (implies out-of-process; default: the "
+                          "AESM socket when SGX_AESM_ADDR is set, else in-process on --platform)."),
+        _enclave_options,
+        click.option("--curve", type=click.Choice(["P-256", "P-384"]), default="P-256", show_default=True),
+        click.option("--legacy", type=click.Choice(["intel", "gramine"]), default=None,
+                     help="Also write a legacy extension (intel: the same quote; gramine: a second quote "
+                          "over SHA-256(SPKI))."),
+        click.option("--cert-nonce", type=HexBytes(), default=None, help="Nonce claim to put in our certificate (hex)."),
+        click.option("--endorsements", "endorsements_path", type=click.Path(exists=True, path_type=Path),
+                     default=None, help="Collateral (dcap-qvl JSON or PCS folder) to staple into our certificate."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _verifying_options(fn: Callable[..., None]) -> Callable[..., None]:
+    opts = [
+        click.option("--policy", "policy_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="The peer's appraisal policy (the verifier's YAML/JSON; default: any TCB status but "
+                          "Revoked, no debug enclaves)."),
+        click.option("--collateral", "collateral_path", type=click.Path(exists=True, path_type=Path),
+                     help="Collateral for the peer's quote when its certificate has no endorsements."),
+        click.option("--root-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                     help="Trust this root (DER or PEM) instead of Intel's SGX Root CA."),
+        click.option("--nonce", type=HexBytes(), default=None, help="Require this nonce claim in the peer's certificate."),
+        click.option("--no-endorsements", is_flag=True, help="Ignore the peer's endorsements extension."),
+        click.option("--ignore-cert-dates", is_flag=True,
+                     help="Do not check the certificate's own notBefore/notAfter (old test certificates)."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _peer_verifier(policy_path: Path | None, collateral_path: Path | None, root_ca: Path | None,
+                   nonce: bytes | None, no_endorsements: bool, ignore_cert_dates: bool, now: Any = None) -> Any:
+    from quotehelper.ratls import FileCollateral, RatlsOptions, RatlsVerifier
+    from quotehelper.verify import Policy, TrustAnchor, Verifier, VerifyOptions
+
+    options = RatlsOptions(policy=Policy.load(policy_path) if policy_path else None, require_nonce=nonce is not None,
+                           use_endorsements=not no_endorsements, check_cert_dates=not ignore_cert_dates)
+    roots = (TrustAnchor.from_file(root_ca),) if root_ca else ()
+    return RatlsVerifier(options, verifier=Verifier(VerifyOptions(trusted_roots=roots, now=now)),
+                         collateral=FileCollateral(collateral_path) if collateral_path else None)
+
+
+def _credentials(platform_dir: Path | None, socket_path: str | None, curve: str, legacy: str | None,
+                 cert_nonce: bytes | None, endorsements_path: Path | None, timeout: float, **enclave: Any) -> Any:
+    from quotehelper.aesm.client import provider_from_env
+    from quotehelper.platform.sim import SimPlatform, default_platform_dir
+    from quotehelper.ratls import RatlsOptions, make_certificate, provider_quoter
+    from quotehelper.verify import load_collateral
+
+    plat = SimPlatform.open(platform_dir or default_platform_dir())
+    env = dict(os.environ)
+    if socket_path:
+        env.setdefault("SGX_AESM_ADDR", "1")
+    provider = provider_from_env(plat.engine, socket_path=socket_path, env=env, deadline=timeout)
+    quoter = provider_quoter(provider, _enclave(plat, **enclave).report, timeout)
+    coll = load_collateral(endorsements_path) if endorsements_path else None
+    return make_certificate(quoter, RatlsOptions(curve=curve, legacy_extension=legacy), nonce=cert_nonce,
+                            collateral=coll)
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise click.BadParameter(f"{text!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _fail(e: BaseException) -> None:
+    code = getattr(getattr(e, "code", None), "value", None)
+    click.echo(f"error: {e}", err=True)
+    sys.exit(_exit_code(code) if code else EXIT_INPUT)
+
+
+@main.group()
+def ratls() -> None:
+    """RA-TLS: certificates carrying a quote that binds their key, and attested TLS between workloads."""
+
+
+@ratls.command("cert")
+@_making_options
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Certificate file written (PEM).")
+@click.option("--key-output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Private key file written (PEM, mode 0600) [default: OUTPUT with suffix .key].")
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="Seconds to keep retrying the quote service (restarting, busy).")
+def cert_cmd(output: Path, key_output: Path | None, **kw: Any) -> None:
+    """A new key and its RA-TLS certificate, quoted by a (simulated) app enclave through the quote provider."""
+    try:
+        creds = _credentials(**kw)
+        creds.save(output, key_output or output.with_suffix(".key"))
+    except (QuoteHelperError, OSError) as e:
+        _fail(e)
+    click.echo(f"wrote {output} and {key_output or output.with_suffix('.key')}", err=True)
+
+
+@ratls.command("verify")
+@click.argument("cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_verifying_options
+@click.option("--now", "now_text", help="Verification time: unix seconds or ISO 8601 (default: now).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def verify_cmd(cert: Path, now_text: str | None, as_json: bool, **kw: Any) -> None:
+    """Judge an RA-TLS certificate (ours, Gramine's, the Intel SGX SDK's, rats-tls's) against a policy."""
+    now = parse_time(now_text) if now_text else None
+    try:
+        verifier = _peer_verifier(**kw, now=now)
+        result = verifier.verify(cert.read_bytes(), nonce=kw["nonce"], now=now)
+    except (QuoteHelperError, OSError) as e:
+        _fail(e)
+        return
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        click.echo(f"{cert}: {result.summary()}")
+        if result.error is not None and result.error.detail:
+            for k, v in result.error.detail.items():
+                click.echo(f"  {k}: {v}")
+    sys.exit(_exit_code(result.code))
+
+
+@ratls.command("serve")
+@click.option("--listen", default="127.0.0.1:8443", show_default=True, help="HOST:PORT to listen on (port 0: any).")
+@_making_options
+@_verifying_options
+@click.option("--one-way", is_flag=True, help="Do not ask clients for an RA-TLS certificate.")
+@click.option("--once", is_flag=True, help="Serve one connection, then exit with its verdict's exit code.")
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="Seconds for the quote, and for each connection's handshake and I/O.")
+def serve_cmd(listen: str, one_way: bool, once: bool, timeout: float, policy_path: Path | None,
+              collateral_path: Path | None, root_ca: Path | None, nonce: bytes | None, no_endorsements: bool,
+              ignore_cert_dates: bool, **making: Any) -> None:
+    """Attested TLS server: reads one line from each client and answers it, naming the client's enclave."""
+    from quotehelper.ratls import RatlsError, tls
+
+    try:
+        creds = _credentials(timeout=timeout, **making)
+        verifier = None if one_way else _peer_verifier(policy_path, collateral_path, root_ca, nonce,
+                                                        no_endorsements, ignore_cert_dates)
+        ctx = tls.server_context(creds, verifier)
+        listener = socket.create_server(_address(listen))
+    except (QuoteHelperError, OSError) as e:
+        _fail(e)
+        return
+    host, port = listener.getsockname()[:2]
+    click.echo(f"listening on {host}:{port}", err=True)
+    while True:
+        try:
+            with tls.accept(listener, ctx, verifier, nonce=nonce, timeout=timeout) as conn:
+                who = conn.peer.summary() if conn.peer else "unattested client (one-way)"
+                click.echo(f"peer: {who}", err=True)
+                line = conn.recv_line().rstrip(b"\n")
+                click.echo(f"received: {line.decode(errors='replace')}", err=True)
+                conn.sendall(b"server got: " + line + b"\n")
+            code = EXIT_OK
+        except (RatlsError, OSError, TimeoutError) as e:
+            click.echo(f"refused: {e}", err=True)
+            code = _exit_code(getattr(getattr(e, "code", None), "value", None)) or EXIT_REFUSED
+        if once:
+            listener.close()
+            sys.exit(code)
+
+
+@ratls.command("connect")
+@click.argument("address")
+@_making_options
+@_verifying_options
+@click.option("--one-way", is_flag=True, help="Present no certificate (the server must not ask for one).")
+@click.option("--message", default="hello", show_default=True, help="Line sent once the server is accepted.")
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="Seconds for the quote, the connection, the handshake and the reply.")
+def connect_cmd(address: str, one_way: bool, message: str, timeout: float, policy_path: Path | None,
+                collateral_path: Path | None, root_ca: Path | None, nonce: bytes | None, no_endorsements: bool,
+                ignore_cert_dates: bool, **making: Any) -> None:
+    """Attested TLS client: judges the server's certificate, then sends --message and prints the reply."""
+    from quotehelper.ratls import RatlsCode, RatlsError, tls
+
+    try:
+        creds = None if one_way else _credentials(timeout=timeout, **making)
+        verifier = _peer_verifier(policy_path, collateral_path, root_ca, nonce, no_endorsements, ignore_cert_dates)
+        with tls.connect(_address(address), tls.client_context(verifier, creds), verifier, nonce=nonce,
+                         timeout=timeout) as conn:
+            assert conn.peer is not None
+            click.echo(f"peer: {conn.peer.summary()}", err=True)
+            conn.sendall(message.encode() + b"\n")
+            reply = conn.recv_line()
+            if not reply:
+                raise RatlsError(RatlsCode.REFUSED_BY_PEER, "the server closed the connection without "
+                                 "answering (did it refuse our certificate?)")
+            click.echo(reply.decode(errors="replace").rstrip("\n"))
+    except (QuoteHelperError, OSError, TimeoutError) as e:
+        _fail(e)

@@ -171,6 +171,16 @@ class Verifier:
         object.__setattr__(verdict, "policy_applied", pol is not None)
         return verdict
 
+    def verify_collateral(self, collateral: Collateral, *, now: datetime | None = None) -> VerifiedCollateral:
+        """Checks collateral on its own, as a cache does before storing it: root CA CRL, PCK CRL and its
+        issuer chain, TCB info and QE identity (chains, signatures over the exact bytes, dates), under
+        the trust anchor its PCK CRL chain ends in. Raises VerificationError; the result is cached by
+        content hash like a quote's collateral."""
+        when = _to_utc(now or self.options.now or datetime.now(UTC))
+        chain = load_pem_chain(collateral.pck_crl_issuer_chain, "pck_crl_issuer_chain")
+        anchor, _ = select_anchor(chain, self.roots, "pck_crl_issuer")
+        return self._verify_collateral(collateral, anchor, when)
+
     # ---- steps ------------------------------------------------------------------------------------
     def _verify(self, raw: bytes, coll: Collateral, now: datetime,
                 facts: dict[str, Any]) -> tuple[Verdict, datetime]:

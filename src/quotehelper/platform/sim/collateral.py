@@ -73,20 +73,22 @@ def tcb_levels(components: bytes, pcesvn: int, status: str, advisory_ids: list[s
     return levels
 
 
-def tcb_info(*, fmspc: bytes, pce_id: bytes, levels: list[dict], now: dt.datetime) -> dict:
+def tcb_info(*, fmspc: bytes, pce_id: bytes, levels: list[dict], now: dt.datetime,
+             number: int = TCB_EVALUATION_DATA_NUMBER) -> dict:
     return {"id": "SGX", "version": 3, "issueDate": _time(now - dt.timedelta(hours=1)),
             "nextUpdate": _time(now + COLLATERAL_VALIDITY), "fmspc": fmspc.hex().upper(),
-            "pceId": pce_id.hex().upper(), "tcbType": 0, "tcbEvaluationDataNumber": TCB_EVALUATION_DATA_NUMBER,
+            "pceId": pce_id.hex().upper(), "tcbType": 0, "tcbEvaluationDataNumber": number,
             "tcbLevels": levels}
 
 
-def qe_identity(now: dt.datetime) -> dict:
-    """Intel's QE3 identity shape: Intel signer, prod id 1, masks as Intel's; isvsvn ≥ 8 UpToDate."""
-    return {"id": "QE", "version": 2, "issueDate": _time(now - dt.timedelta(hours=1)),
-            "nextUpdate": _time(now + COLLATERAL_VALIDITY), "tcbEvaluationDataNumber": TCB_EVALUATION_DATA_NUMBER,
+def qe_identity(now: dt.datetime, number: int = TCB_EVALUATION_DATA_NUMBER, qve: bool = False) -> dict:
+    """Intel's QE3 identity shape: Intel signer, prod id 1, masks as Intel's; isvsvn ≥ 8 UpToDate.
+    `qve`: the QvE's identity instead (id QVE, prod id 2), same signer and levels."""
+    return {"id": "QVE" if qve else "QE", "version": 2, "issueDate": _time(now - dt.timedelta(hours=1)),
+            "nextUpdate": _time(now + COLLATERAL_VALIDITY), "tcbEvaluationDataNumber": number,
             "miscselect": "00000000", "miscselectMask": "FFFFFFFF",
             "attributes": "11000000000000000000000000000000", "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
-            "mrsigner": INTEL_QE3_MRSIGNER.hex().upper(), "isvprodid": 1,
+            "mrsigner": INTEL_QE3_MRSIGNER.hex().upper(), "isvprodid": 2 if qve else 1,
             "tcbLevels": [
                 {"tcb": {"isvsvn": QE_UP_TO_DATE_ISVSVN}, "tcbDate": _TCB_DATES[1], "tcbStatus": "UpToDate"},
                 {"tcb": {"isvsvn": 6}, "tcbDate": _TCB_DATES[2], "tcbStatus": "OutOfDate",
@@ -99,6 +101,21 @@ def qe_identity(now: dt.datetime) -> dict:
 def _sign_raw(pki: SimPki, text: str) -> bytes:
     r, s = decode_dss_signature(pki.sign(text.encode()))
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def signed_body(pki: SimPki, member: str, obj: dict) -> str:
+    """A PCS v4 body: {"<member>":<compact JSON>,"signature":"<r||s hex>"}, the signed text verbatim."""
+    text = compact(obj)
+    return '{"' + member + '":' + text + ',"signature":"' + _sign_raw(pki, text).hex() + '"}'
+
+
+def evaluation_numbers_body(pki: SimPki, numbers: list[tuple[int, str, str]], now: dt.datetime) -> str:
+    """PCS `tcbevaluationdatanumbers`: [(number, tcbRecoveryEventDate, tcbDate)], highest first."""
+    return signed_body(pki, "tcbEvaluationDataNumbers", {
+        "id": "SGX", "version": 1, "issueDate": _time(now - dt.timedelta(hours=1)),
+        "nextUpdate": _time(now + COLLATERAL_VALIDITY),
+        "tcbEvalNumbers": [{"tcbEvaluationDataNumber": n, "tcbRecoveryEventDate": rec, "tcbDate": date}
+                           for n, rec, date in numbers]})
 
 
 def _crl_pem(der: bytes) -> str:
@@ -161,11 +178,12 @@ class Collateral:
 
 
 def issue_collateral(pki: SimPki, *, ca: str, fmspc: bytes, pce_id: bytes, components: bytes, pcesvn: int,
-                     status: str, advisory_ids: list[str], now: dt.datetime | None = None) -> Collateral:
+                     status: str, advisory_ids: list[str], now: dt.datetime | None = None,
+                     number: int = TCB_EVALUATION_DATA_NUMBER) -> Collateral:
     now = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     tcb_json = compact(tcb_info(fmspc=fmspc, pce_id=pce_id, levels=tcb_levels(components, pcesvn, status,
-                                                                              advisory_ids), now=now))
-    qe_json = compact(qe_identity(now))
+                                                                              advisory_ids), now=now, number=number))
+    qe_json = compact(qe_identity(now, number))
     signer_chain = pki.tcb_issuer_chain_pem().decode()
     return Collateral(
         pck_crl_issuer_chain=pki.pck_issuer_chain_pem(ca).decode(), root_ca_crl=pki.root_crl_der(now),

@@ -10,6 +10,8 @@ PKI directory (0700; private keys 0600, never copied into a platform directory):
     platform_ca.key.pem  platform_ca.pem       "SGX PCK Platform CA", CA pathlen 0
     tcb_signing.key.pem  tcb_signing.pem       "SGX TCB Signing", signs TCB info / QE identity
     revoked.json                               {"processor": [serial hex...], "platform": [...]}
+    pcs.json                                   {"pcs_url": ...}: the base of every CRL distribution point
+    tcb_evaluations.json, platforms/           the simulated PCS's state (tcbeval.py)
 """
 
 from __future__ import annotations
@@ -42,17 +44,20 @@ CA_PROCESSOR = "processor"
 CA_PLATFORM = "platform"
 CA_TYPES = (CA_PROCESSOR, CA_PLATFORM)
 
-_ORG = "quotehelper simulated SGX"
-_CRL_BASE = "https://sim.quotehelper.invalid/sgx/certification/v4"
-ROOT_CRL_URL = "https://sim.quotehelper.invalid/SGXRootCA.der"
+_ORG = "quotehelper simulated SGX"  # the organisation tells a simulated certificate from Intel's
+# Where the CRL distribution points of a new PKI point: the simulated PCS (`quotehelper pcs serve`) at
+# its default address; `SimPki.load_or_create(dir, pcs_url=...)` (`sim init --pcs-url`) sets another.
+DEFAULT_PCS_URL = "http://127.0.0.1:8082"
+ROOT_CRL_PATH = "/IntelSGXRootCA.der"  # the path of Intel's root CDP, on the simulated PCS
 
+# Intel's exact common names (go-tdx-guest picks the PCK CA by its CN; PCCS and QCNL compare them).
 _NAMES = {
-    "root_ca": "quotehelper SGX Root CA",
-    "processor_ca": "quotehelper SGX PCK Processor CA",
-    "platform_ca": "quotehelper SGX PCK Platform CA",
-    "tcb_signing": "quotehelper SGX TCB Signing",
+    "root_ca": "Intel SGX Root CA",
+    "processor_ca": "Intel SGX PCK Processor CA",
+    "platform_ca": "Intel SGX PCK Platform CA",
+    "tcb_signing": "Intel SGX TCB Signing",
 }
-PCK_LEAF_CN = "quotehelper SGX PCK Certificate"
+PCK_LEAF_CN = "Intel SGX PCK Certificate"
 
 # Long-lived like Intel's (root until 2049); notBefore a day back so clock skew never matters.
 _EPOCH = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
@@ -60,8 +65,8 @@ _CA_NOT_AFTER = dt.datetime(2049, 12, 31, 23, 59, 59, tzinfo=dt.UTC)
 PCK_VALIDITY = dt.timedelta(days=7 * 365)
 
 
-def pck_crl_url(ca: str) -> str:
-    return f"{_CRL_BASE}/pckcrl?ca={ca}&encoding=der"
+def pck_crl_url(pcs_url: str, ca: str) -> str:
+    return f"{pcs_url}/sgx/certification/v4/pckcrl?ca={ca}&encoding=der"
 
 
 def dn(cn: str) -> x509.Name:
@@ -122,11 +127,21 @@ class SimPki:
 
     # ---- creation / loading ------------------------------------------------------------------------
     @classmethod
-    def load_or_create(cls, pki_dir: Path) -> SimPki:
+    def load_or_create(cls, pki_dir: Path, pcs_url: str | None = None) -> SimPki:
+        """`pcs_url`: where the new PKI's CRL distribution points point (ignored for an existing PKI)."""
         pki_dir = Path(pki_dir)
         if not (pki_dir / "root_ca.pem").exists():
-            atomic_create_dir(pki_dir, cls._generate_files)  # first writer wins; losers load its result
+            base = (pcs_url or DEFAULT_PCS_URL).rstrip("/")
+            # first writer wins; losers load its result
+            atomic_create_dir(pki_dir, lambda tmp: cls._generate_files(tmp, base))
         return cls.load(pki_dir)
+
+    @property
+    def pcs_url(self) -> str:
+        try:
+            return json.loads((self.pki_dir / "pcs.json").read_text())["pcs_url"]
+        except (OSError, ValueError, KeyError):
+            return DEFAULT_PCS_URL
 
     @classmethod
     def load(cls, pki_dir: Path) -> SimPki:
@@ -142,16 +157,18 @@ class SimPki:
         return cls(pki_dir, cas)
 
     @staticmethod
-    def _generate_files(tmp: Path) -> None:
+    def _generate_files(tmp: Path, pcs_url: str) -> None:
         keys = {name: ec.generate_private_key(ec.SECP256R1()) for name in _NAMES}
         root_name = dn(_NAMES["root_ca"])
+        root_crl_url = pcs_url + ROOT_CRL_PATH
         certs = {"root_ca": build_cert(subject=root_name, public_key=keys["root_ca"].public_key(),
                                        issuer=root_name, issuer_key=keys["root_ca"], ca_pathlen=1,
-                                       crl_url=ROOT_CRL_URL, not_before=_EPOCH, not_after=_CA_NOT_AFTER)}
+                                       crl_url=root_crl_url, not_before=_EPOCH, not_after=_CA_NOT_AFTER)}
         for name, pathlen in (("processor_ca", 0), ("platform_ca", 0), ("tcb_signing", None)):
             certs[name] = build_cert(subject=dn(_NAMES[name]), public_key=keys[name].public_key(),
                                      issuer=root_name, issuer_key=keys["root_ca"], ca_pathlen=pathlen,
-                                     crl_url=ROOT_CRL_URL, not_before=_EPOCH, not_after=_CA_NOT_AFTER)
+                                     crl_url=root_crl_url, not_before=_EPOCH, not_after=_CA_NOT_AFTER)
+        write_atomic(tmp / "pcs.json", json.dumps({"pcs_url": pcs_url}).encode())
         for name in _NAMES:
             write_atomic(tmp / f"{name}.key.pem", private_key_pem(keys[name]), private=True)
             write_atomic(tmp / f"{name}.pem", _pem(certs[name]))
@@ -198,7 +215,7 @@ class SimPki:
         now = now or dt.datetime.now(dt.UTC)
         issuer = self._ca(ca)
         return build_cert(subject=dn(PCK_LEAF_CN), public_key=public_key, issuer=issuer.cert.subject,
-                          issuer_key=issuer.key, ca_pathlen=None, crl_url=pck_crl_url(ca),
+                          issuer_key=issuer.key, ca_pathlen=None, crl_url=pck_crl_url(self.pcs_url, ca),
                           not_before=now - dt.timedelta(days=1), not_after=now + PCK_VALIDITY,
                           sgx_extension=extension.to_der())
 

@@ -21,6 +21,7 @@ Export (`export(out_dir)`, `quotehelper sim export`), for verifiers:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -91,8 +92,11 @@ class SimPlatform:
     @classmethod
     def create(cls, platform_dir: Path, *, pki_dir: Path | None = None, tcb_status: str = "UpToDate",
                fmspc: bytes | None = None, sdk_compatible: bool = False, advisory_ids: list[str] | None = None,
-               ca: str = "processor", qe_svn: int = DEFAULT_QE_SVN, pce_svn: int = DEFAULT_PCE_SVN) -> SimPlatform:
-        """Creates the platform (and its PKI if needed). Idempotent: an existing platform is opened as is."""
+               ca: str = "processor", qe_svn: int = DEFAULT_QE_SVN, pce_svn: int = DEFAULT_PCE_SVN,
+               pcs_url: str | None = None) -> SimPlatform:
+        """Creates the platform (and its PKI if needed, its CRL distribution points under `pcs_url`) and
+        registers it with the simulated PCS's state in the PKI. Idempotent: an existing platform is
+        opened as is."""
         from quotehelper.platform.sim.collateral import DEFAULT_ADVISORIES, TCB_STATUSES
         from quotehelper.platform.sim.pki import CA_PLATFORM, CA_TYPES, SimPki, _pem
 
@@ -110,7 +114,7 @@ class SimPlatform:
             raise SimConfigError("PCE SVN must be 1..65534 and QE SVN 0..65535")
         advisories = DEFAULT_ADVISORIES[tcb_status] if advisory_ids is None else list(advisory_ids)
         pki_dir = Path(pki_dir).absolute() if pki_dir is not None else platform_dir.parent / "pki"
-        pki = SimPki.load_or_create(pki_dir)
+        pki = SimPki.load_or_create(pki_dir, pcs_url)
 
         def populate(tmp: Path) -> None:
             cpu = SimCpu.sdk_compatible() if sdk_compatible else SimCpu.random()
@@ -133,7 +137,22 @@ class SimPlatform:
 
         if not atomic_create_dir(platform_dir, populate) and not (platform_dir / "platform.json").exists():
             raise SimConfigError(f"{platform_dir} exists, is not empty and is not a simulated platform")
-        return cls.open(platform_dir)
+        platform = cls.open(platform_dir)
+        with contextlib.suppress(ValueError):  # same FMSPC + TCB as another platform, other status: unregistered
+            platform.register()
+        return platform
+
+    def register(self) -> None:
+        """Registers this platform with the simulated PCS state of its PKI (what Intel's registration
+        service does for a real one); the PCS then serves its PCK certificate and its FMSPC's TCB info."""
+        from quotehelper.platform.sim.tcbeval import encrypted_ppid, register_platform
+
+        c = self.config
+        record = {"qe_id": c["qe_id"].upper(), "pce_id": c["pce_id"].upper(), "ppid": c["ppid"],
+                  "encrypted_ppid": encrypted_ppid(bytes.fromhex(c["ppid"])).hex().upper(),
+                  "cpusvn": self.cpu.cpu_svn.hex().upper(), "pcesvn": int(c["pce_svn"]), "fmspc": c["fmspc"],
+                  "ca": c["ca"], "pck_chain": self.pck_chain_pem.decode()}
+        register_platform(self.pki_dir, record, status=self.tcb_status, advisories=self.advisory_ids)
 
     @classmethod
     def open(cls, platform_dir: Path) -> SimPlatform:
@@ -228,10 +247,21 @@ class SimPlatform:
     def collateral(self, now: dt.datetime | None = None) -> Collateral:
         """Fresh collateral signed by the PKI for this platform's FMSPC, TCB status and CA."""
         from quotehelper.platform.sim.collateral import issue_collateral
+        from quotehelper.platform.sim.tcbeval import TcbStateError, evaluation
 
+        status, advisories, number = self.tcb_status, self.advisory_ids, None
+        if (self.pki_dir / "platforms" / f"{self.qe_id.hex().upper()}.json").exists():
+            try:  # registered: the rating of the PCS's standard evaluation (it changes on a TCB recovery)
+                ev = evaluation(self.pki_dir, self.fmspc)
+                prof = ev.profile(self.cpu.cpu_svn, int(self.config["pce_svn"]))
+                if prof is not None:
+                    status, advisories, number = prof.status, list(prof.advisories), ev.number
+            except TcbStateError:
+                pass
         return issue_collateral(self.pki, ca=self.ca, fmspc=self.fmspc, pce_id=bytes.fromhex(self.config["pce_id"]),
                                 components=self.cpu.cpu_svn, pcesvn=int(self.config["pce_svn"]),
-                                status=self.tcb_status, advisory_ids=self.advisory_ids, now=now)
+                                status=status, advisory_ids=advisories, now=now,
+                                **({"number": number} if number is not None else {}))
 
     def root_ca_der(self) -> bytes:
         return self.pki.root_ca_der()

@@ -100,8 +100,10 @@ def webhook_cmd(host: str, port: int, tls_dir: Path, epc_resource: str, socket_d
                                 enclave_resource=enclave_resource, default_epc_mib=default_epc_mib)
     try:
         server = webhook.make_server(host, port, tls_dir / "tls.crt", tls_dir / "tls.key", cfg)
+    except webhook.WebhookError as e:
+        raise click.ClickException(str(e)) from e
     except (OSError, ValueError) as e:
-        raise click.ClickException(f"cannot serve on {host}:{port} with {tls_dir}: {e}") from e
+        raise click.ClickException(f"cannot serve on {host}:{port}: {e}") from e
     stop = _stop_on_signals()
     webhook.serve_in_thread(server)
     logging.getLogger("quotehelper.k8s.webhook").info("serving on https://%s:%d/mutate", host, port)

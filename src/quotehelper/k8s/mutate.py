@@ -2,7 +2,8 @@
 
 A pod opts in with the annotation `quotehelper.io/quote-provider: aesm` (or Intel's
 `sgx.intel.com/quote-provider: aesmd`); nothing else is ever touched. For each SGX container of an
-opted-in pod (one that asks for enclave or EPC; every container when none does):
+opted-in pod (an app or init container that asks for enclave or EPC; every app container when none
+does; ephemeral containers cannot: the API refuses resources on them and they are never in a CREATE):
 - both EPC resource names become the one the cluster serves (`--epc-resource`): MiB count <-> bytes,
   rounded up; a container naming both keeps the larger amount;
 - `default_epc_mib` MiB of EPC is added where a container asks for none (when configured);
@@ -24,6 +25,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+from quotehelper.errors import QuoteHelperError
 from quotehelper.k8s.quantity import bytes_to_mib, mib_count
 
 QUOTE_PROVIDER_ANNOTATION = "quotehelper.io/quote-provider"
@@ -40,6 +42,11 @@ AESMD_DIR = "/var/run/aesmd"
 HOST_SOCKET_DIRS = {"/var/run/aesmd", "/run/aesmd"}  # /var/run is a symlink to /run on current distros
 SOCKET_VOLUME = "aesmd-socket"
 AESM_ADDR_ENV = "SGX_AESM_ADDR"
+CONTAINER_LISTS = ("containers", "initContainers")  # the lists whose containers can ask for EPC
+
+
+class MutationError(QuoteHelperError, ValueError):
+    """An opted-in pod whose shape the mutation cannot work on (a string where a list belongs)."""
 
 
 @dataclass(frozen=True)
@@ -51,14 +58,48 @@ class MutationConfig:
 
     def __post_init__(self) -> None:
         if self.epc_resource not in EPC_NAMES:
-            raise ValueError(f"epc_resource must be one of {EPC_NAMES}")
+            raise MutationError(f"epc_resource must be one of {EPC_NAMES}")
         if self.socket_delivery not in ("plugin", "hostPath"):
-            raise ValueError("socket_delivery must be 'plugin' or 'hostPath'")
+            raise MutationError("socket_delivery must be 'plugin' or 'hostPath'")
 
 
-def opted_in(pod: dict[str, Any]) -> bool:
-    annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    return any(annotations.get(key) in values for key, values in OPT_IN.items())
+def opted_in(pod: Any) -> bool:
+    """True when the pod's annotations ask for the quote provider. Any other shape is not opted in."""
+    meta = pod.get("metadata") if isinstance(pod, dict) else None
+    annotations = meta.get("annotations") if isinstance(meta, dict) else None
+    if not isinstance(annotations, dict):
+        return False
+    return any(isinstance(v := annotations.get(key), str) and v in values for key, values in OPT_IN.items())
+
+
+def _check_shape(spec: Any) -> None:
+    """The parts of a PodSpec the mutation reads or writes have the types the Pod API gives them."""
+    if not isinstance(spec, dict):
+        raise MutationError("spec is not an object")
+    for name in (*CONTAINER_LISTS, "ephemeralContainers", "volumes"):
+        items = spec.get(name)
+        if items is not None and (not isinstance(items, list) or not all(isinstance(i, dict) for i in items)):
+            raise MutationError(f"spec.{name} is not a list of objects")
+    for name in CONTAINER_LISTS:
+        for i, c in enumerate(spec.get(name) or []):
+            res = c.get("resources")
+            if res is not None and (not isinstance(res, dict) or
+                                    not all(isinstance(res.get(k), dict | None) for k in ("limits", "requests"))):
+                raise MutationError(f"spec.{name}[{i}].resources is not an object of objects")
+            for field in ("env", "volumeMounts"):
+                items = c.get(field)
+                if items is not None and (not isinstance(items, list) or not all(isinstance(x, dict) for x in items)):
+                    raise MutationError(f"spec.{name}[{i}].{field} is not a list of objects")
+            if not all(isinstance(m.get("mountPath", ""), str) for m in c.get("volumeMounts") or []):
+                raise MutationError(f"spec.{name}[{i}].volumeMounts: a mountPath is not a string")
+    for v in spec.get("volumes") or []:
+        if not isinstance(v.get("hostPath"), dict | None) or not isinstance(_obj(v.get("hostPath")).get("path", ""),
+                                                                           str):
+            raise MutationError(f"spec.volumes: {str(v.get('name'))[:60]!r} has a malformed hostPath")
+
+
+def _obj(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
 
 
 def _pointer(*parts: str | int) -> str:
@@ -95,8 +136,8 @@ def _hand_wired_socket_volumes(spec: dict[str, Any]) -> set[str]:
 
 
 def _mutate_container(c: dict[str, Any], cfg: MutationConfig, hand_wired: set[str]) -> None:
-    resources = c.setdefault("resources", {})
-    limits = resources.setdefault("limits", {})
+    resources = c["resources"] = c.get("resources") or {}
+    limits = resources["limits"] = resources.get("limits") or {}
     requests = resources.get("requests")
     _translate_epc(limits, cfg.epc_resource)
     if requests:
@@ -111,7 +152,7 @@ def _mutate_container(c: dict[str, Any], cfg: MutationConfig, hand_wired: set[st
         if requests is not None and any(n in requests for n in SGX_RESOURCES):
             requests.setdefault(ENCLAVE, limits[ENCLAVE])
 
-    env = c.setdefault("env", [])
+    env = c["env"] = c.get("env") or []
     if not any(e.get("name") == AESM_ADDR_ENV for e in env):
         env.append({"name": AESM_ADDR_ENV, "value": "1"})
 
@@ -134,8 +175,10 @@ def mutate(pod: dict[str, Any], cfg: MutationConfig = MutationConfig()) -> dict[
         return pod
     new = copy.deepcopy(pod)
     spec = new.setdefault("spec", {})
+    _check_shape(spec)
     containers = spec.get("containers") or []
-    targets = [c for c in containers if _wants_sgx(c)] or containers
+    every_sgx = [c for name in CONTAINER_LISTS for c in spec.get(name) or [] if _wants_sgx(c)]
+    targets = every_sgx or containers
     hand_wired = _hand_wired_socket_volumes(spec)
     for c in targets:
         _mutate_container(c, cfg, hand_wired)
@@ -148,7 +191,8 @@ def mutate(pod: dict[str, Any], cfg: MutationConfig = MutationConfig()) -> dict[
         elif len(volumes) != len(spec["volumes"]):
             spec["volumes"] = volumes
     if cfg.socket_delivery == "hostPath":
-        uses_volume = any(m.get("name") == SOCKET_VOLUME for c in containers for m in c.get("volumeMounts") or [])
+        wired = [*containers, *(spec.get("initContainers") or [])]
+        uses_volume = any(m.get("name") == SOCKET_VOLUME for c in wired for m in c.get("volumeMounts") or [])
         volumes = spec.get("volumes") or []
         if uses_volume and not any(v.get("name") == SOCKET_VOLUME for v in volumes):
             spec["volumes"] = [*volumes, {"name": SOCKET_VOLUME,
@@ -171,10 +215,11 @@ def diff_patch(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]
             ops.append({"op": "replace" if field in before else "add", "path": pointer, "value": after[field]})
 
     old_spec, new_spec = old.get("spec") or {}, new.get("spec") or {}
-    pairs = zip(old_spec.get("containers") or [], new_spec.get("containers") or [], strict=True)
-    for i, (before, after) in enumerate(pairs):
-        for field in ("resources", "env", "volumeMounts"):
-            field_op(before, after, field, "spec", "containers", i)
+    for name in CONTAINER_LISTS:
+        pairs = zip(old_spec.get(name) or [], new_spec.get(name) or [], strict=True)
+        for i, (before, after) in enumerate(pairs):
+            for field in ("resources", "env", "volumeMounts"):
+                field_op(before, after, field, "spec", name, i)
     field_op(old_spec, new_spec, "volumes", "spec")
     return ops
 

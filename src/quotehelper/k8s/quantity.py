@@ -22,6 +22,10 @@ _SUFFIX = {
 _QUANTITY = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))(?:([eE][+-]?\d+)|(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?)$")
 
 
+_MAX_LEN = 64         # Kubernetes quantities are short; a 3 MiB digit string is an attack, not a size
+_MAX_EXPONENT = 30
+
+
 class QuantityError(QuoteHelperError, ValueError):
     """Not a Kubernetes quantity."""
 
@@ -34,11 +38,14 @@ def parse_quantity(value: str | int | float) -> Fraction:
         return Fraction(value)
     if isinstance(value, float):
         return Fraction(str(value))
-    m = _QUANTITY.match(str(value).strip())
+    text = str(value).strip()
+    m = _QUANTITY.match(text) if len(text) <= _MAX_LEN else None
     if not m:
-        raise QuantityError(f"not a Kubernetes quantity: {value!r}")
+        raise QuantityError(f"not a Kubernetes quantity: {value!r}"[:200])
     number, exponent, suffix = m.groups()
     out = Fraction(number)
+    if exponent and abs(int(exponent[1:])) > _MAX_EXPONENT:  # 1e999999999 would take minutes to compute
+        raise QuantityError(f"quantity exponent out of range: {value!r}")
     if exponent:
         out *= Fraction(10) ** int(exponent[1:])
     return out * _SUFFIX[suffix or ""]

@@ -1,4 +1,4 @@
-"""Judging a peer's RA-TLS certificate: formats -> bindings -> nonce -> self-signature -> quote -> policy.
+"""Judging a peer's RA-TLS certificate: formats -> bindings -> nonce -> quote -> policy -> self-signature.
 
 Bindings, per producer:
 - DICE evidence (2.23.133.5.4.9; every current producer): the quote's report data must be
@@ -6,8 +6,9 @@ Bindings, per producer:
   hash of the certificate's DER SubjectPublicKeyInfo.
 - Gramine legacy (1.2.840.113741.1337.6, also in its mis-encoded form): report data =
   SHA-256(SPKI) || 32 zeros.
-- Intel SGX SDK / Open Enclave legacy (1.2.840.113741.1.13.1): the SDK puts the DICE quote there again
-  (then the claims binding applies); alone, report data = SHA-256(SPKI) || 32 zeros.
+- Intel SGX SDK / Open Enclave legacy (1.2.840.113741.1.13.1): the SDK puts the DICE quote there again,
+  so its report data is the claims hash (accepted only beside DICE evidence); alone, report data =
+  SHA-256(SPKI) || 32 zeros.
 Every distinct quote in the certificate is verified, and all must come from the same enclave.
 CA-signed RA-TLS certificates are not chain-checked here (the TLS stack's job); self-signed ones must
 verify with their own key.
@@ -113,9 +114,13 @@ def _evidence(pc: f.ParsedCert, opts: RatlsOptions) -> list[_Found]:
         if found and found[0].quote == quote:  # Intel SDK: the DICE quote again, already bound
             found.append(_Found(fmt, quote))
             continue
-        if _report_data(quote, fmt) != spki256:
-            raise RatlsError(RatlsCode.KEY_BINDING_MISMATCH, f"{fmt} quote's report data is not "
-                             "SHA-256(SubjectPublicKeyInfo) || zeros", {"format": fmt})
+        rd = _report_data(quote, fmt)
+        # Intel SDK / OE: the claims hash when DICE evidence is beside it; Gramine and lone legacy: the key's.
+        bound = rd == spki256 or (fmt == "intel-legacy" and dice is not None and found
+                                  and rd == f.report_data_for(f.decode_evidence(dice[1])[1]))
+        if not bound:
+            raise RatlsError(RatlsCode.KEY_BINDING_MISMATCH, f"{fmt} quote's report data binds neither the "
+                             "key (SHA-256(SubjectPublicKeyInfo) || zeros) nor the claims", {"format": fmt})
         found.append(_Found(fmt, quote))
     if not found:
         raise RatlsError(RatlsCode.EVIDENCE_MISSING, "no RA-TLS evidence extension (2.23.133.5.4.9, "
@@ -186,7 +191,6 @@ class RatlsVerifier:
             if claims.nonce != nonce:
                 raise RatlsError(RatlsCode.NONCE_MISMATCH, "the certificate's nonce is not the expected one "
                                  "(a replayed certificate?)", {"got": claims.nonce.hex(), "expected": nonce.hex()})
-        _check_self_signature(pc)
         coll, facts["collateral_from"] = self._collateral(pc, found[0].quote)
         verdict: Verdict | None = None
         for quote in dict.fromkeys(x.quote for x in found):  # distinct quotes, in order
@@ -203,6 +207,8 @@ class RatlsVerifier:
                     f"{r.rule}: {r.detail}" for r in v.failed_rules),
                     {"rules": [r.to_dict() for r in v.failed_rules], "status": v.status})
             verdict = v
+        # Last, so a changed quote, claims or key is reported as such (the signature covers them all).
+        _check_self_signature(pc)
         return PeerVerdict(**facts)
 
     def _collateral(self, pc: f.ParsedCert, quote: bytes) -> tuple[Collateral, str]:

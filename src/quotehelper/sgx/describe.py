@@ -66,7 +66,7 @@ def quote_dict(q: Quote) -> dict[str, Any]:
         body = {"type": f"td_report_{q.body.version}", **{k: v.hex() for k, v in q.body.fields.items()}}
     else:
         assert isinstance(q.body, RawBody)
-        body = {"type": f"unknown_body_type_{q.body_type}", "size": len(q.body.raw)}
+        body = {"type": f"unknown_body_type_{q.body_type}", "size": len(q.body.raw), "raw": q.body.raw.hex()}
     s = q.signature
     cd = s.qe.certification_data
     cert: dict[str, Any] = {"type": cd.type, "size": len(cd.data)}

@@ -33,6 +33,7 @@ CERT_PLATFORM_MANIFEST = 7
 BODY_SGX = 1
 BODY_TD10 = 2
 BODY_TD15 = 3
+BODY_TD15_EX = 4  # sgx_report2_body_v1_5_ex_t: TD 1.5 + Service-TD / migration fields (885 bytes)
 
 # Intel QE3's fixed QE authentication data: 32 bytes 00 01 .. 1f.
 INTEL_QE_AUTH_DATA = bytes(range(32))
@@ -88,18 +89,26 @@ _TD10_FIELDS = (("tee_tcb_svn", 16), ("mr_seam", 48), ("mr_signer_seam", 48), ("
                 ("mr_owner_config", 48), ("rt_mr0", 48), ("rt_mr1", 48), ("rt_mr2", 48), ("rt_mr3", 48),
                 ("report_data", 64))
 _TD15_EXTRA = (("tee_tcb_svn2", 16), ("mr_service_td", 48))
+# Intel's sgx_quote_5.h order; names as dcap-qvl's TdReport15Ex. vmid is one byte.
+_TD15_EX_EXTRA = (("vmid", 1), ("td_id", 32), ("dev_info", 48), ("init_service_td_hash", 48),
+                  ("init_service_td_attributes", 8), ("init_cpu_svn", 16), ("init_tee_tcb_svn", 16),
+                  ("init_tee_fmspc", 12), ("cur_service_td_hash", 48), ("cur_service_td_attributes", 8))
+_TD_VERSIONS = {"1.0": _TD10_FIELDS, "1.5": _TD10_FIELDS + _TD15_EXTRA,
+                "1.5ex": _TD10_FIELDS + _TD15_EXTRA + _TD15_EX_EXTRA}
+TD_BODY_VERSIONS = {BODY_TD10: "1.0", BODY_TD15: "1.5", BODY_TD15_EX: "1.5ex"}
 
 
 @dataclass(frozen=True)
 class TdReport:
-    """TDX TD report body: 1.0 (584 bytes) or 1.5 (648 bytes). Fields are raw bytes, as in the spec."""
+    """TDX TD report body: 1.0 (584 bytes), 1.5 (648 bytes) or 1.5ex (885 bytes, v5 body type 4). Fields are
+    raw bytes, as in the spec."""
 
     fields: dict[str, bytes]
     version: str = "1.0"
 
     @classmethod
     def layout(cls, version: str) -> tuple[tuple[str, int], ...]:
-        return _TD10_FIELDS + (_TD15_EXTRA if version == "1.5" else ())
+        return _TD_VERSIONS[version]
 
     @classmethod
     def size(cls, version: str) -> int:
@@ -303,7 +312,7 @@ def _parse_body(r: Reader, header: QuoteHeader) -> tuple[int, Body]:
         body_type = r.u16("body_type")
         size_off = r.pos
         body_size = r.u32("body_size")
-        expected = {BODY_SGX: REPORT_BODY_SIZE, BODY_TD10: TdReport.size("1.0"), BODY_TD15: TdReport.size("1.5")}
+        expected = {BODY_SGX: REPORT_BODY_SIZE, **{t: TdReport.size(v) for t, v in TD_BODY_VERSIONS.items()}}
         if body_type in expected and body_size != expected[body_type]:
             raise FormatError("quote", "body_size", size_off,
                               f"body type {body_type} is {expected[body_type]} bytes, header says {body_size}")
@@ -316,8 +325,8 @@ def _parse_body(r: Reader, header: QuoteHeader) -> tuple[int, Body]:
     raw = r.take(body_size, "body")
     if body_type == BODY_SGX:
         return body_type, ReportBody.parse(raw, "quote.body")
-    if body_type in (BODY_TD10, BODY_TD15):
-        return body_type, TdReport.parse(bytes(start) + raw, "1.0" if body_type == BODY_TD10 else "1.5", start)
+    if body_type in TD_BODY_VERSIONS:
+        return body_type, TdReport.parse(bytes(start) + raw, TD_BODY_VERSIONS[body_type], start)
     return body_type, RawBody(raw)
 
 

@@ -14,10 +14,6 @@ from quotehelper.ratls import RatlsOptions, RatlsVerifier, StaticCollateral
 from quotehelper.ratls.collateral import as_collateral
 from quotehelper.verify import Collateral, Policy, TrustAnchor, Verifier, VerifyOptions
 
-MR_SERVER = bytes.fromhex("5e" * 32)
-MR_CLIENT = bytes.fromhex("c1" * 32)
-MR_OTHER = bytes.fromhex("07" * 32)
-
 
 @pytest.fixture(scope="session")
 def plat(tmp_path_factory: pytest.TempPathFactory) -> SimPlatform:

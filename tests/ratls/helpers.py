@@ -22,6 +22,9 @@ CERTS = {  # name -> (file, key curve, evidence formats, FMSPC)
     "rats-tls": ("rats-tls-cert.pem", "secp256r1", ("dice",), "00606A000000"),
 }
 DICE_OID = "2.23.133.5.4.9"
+MR_SERVER = bytes.fromhex("5e" * 32)   # simulated enclave identities of our own tests
+MR_CLIENT = bytes.fromhex("c1" * 32)
+MR_OTHER = bytes.fromhex("07" * 32)
 
 
 def der_of(name: str) -> bytes:

@@ -22,7 +22,7 @@ from quotehelper.ratls import (
 )
 from quotehelper.ratls import formats as f
 from quotehelper.sgx.structs import FLAG_DEBUG, FLAG_INITTED, FLAG_MODE64BIT, Attributes
-from tests.ratls.helpers import MR_CLIENT, MR_OTHER, MR_SERVER, flip, independent_parts
+from tests.ratls.helpers import MR_CLIENT, MR_OTHER, MR_SERVER, independent_parts
 
 
 def test_identity_and_policy_on_mrenclave(plat, peer_verifier):
@@ -64,7 +64,9 @@ def test_endorsements_let_a_peer_verify_offline(plat, dcap_verifier, sim_collate
     assert ignored.code == "COLLATERAL_UNAVAILABLE"
     # Stapled collateral is checked like any other: a changed TCB-info signature is refused.
     tcb_sig = sim_collateral.tcb_info_signature.hex().encode()
-    result = offline.verify(flip(creds.cert_der, tcb_sig, 3))
+    at = creds.cert_der.index(tcb_sig) + 3
+    digit = b"0" if creds.cert_der[at:at + 1] != b"0" else b"1"  # still hex: the signature, not the JSON, is bad
+    result = offline.verify(creds.cert_der[:at] + digit + creds.cert_der[at + 1:])
     assert result.code == "QUOTE_INVALID" and result.error.detail["verify_code"] == "TCB_INFO_SIGNATURE_INVALID"
 
 

@@ -17,9 +17,8 @@ import click
 from quotehelper import inputs
 from quotehelper.cli import main
 from quotehelper.cli.inspect_cmd import _read_quote_file
+from quotehelper.cli.pcs_cmd import collateral_service_options
 from quotehelper.verify import (
-    Collateral,
-    ErrorCode,
     Policy,
     TrustAnchor,
     VerificationError,
@@ -68,47 +67,12 @@ def _print_verdict(v: Verdict, source: str) -> None:
             click.echo(f"  policy {'PASS' if r.passed else 'FAIL'} {r.rule}: {r.detail}")
 
 
-def _batch_code(codes: list[int]) -> int:
-    for c in (EXIT_INVALID, EXIT_INPUT, EXIT_POLICY):
-        if c in codes:
-            return c
-    return EXIT_OK
-
-
-def _run_batch(verifier: Verifier, directory: Path, collateral: Collateral, out: Any) -> int:
-    files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() not in _SKIP_SUFFIXES)
-    codes: list[int] = []
-    counts = {"accepted": 0, "rejected": 0, "invalid": 0, "not quotes": 0}
-    with click.progressbar(files, label="verifying", file=sys.stderr, show_pos=True) as bar:
-        for path in bar:
-            coll = collateral
-            own = path.with_name(path.name + ".collateral.json")  # per-quote collateral, if present
-            try:
-                if own.is_file():
-                    coll = load_collateral(own)
-                v = verifier.verify(_read_quote_file(path), coll)
-            except VerificationError as e:
-                v = Verdict(valid=False, error=e)
-            except OSError as e:
-                click.echo(f"error: cannot read {path}: {e}", err=True)
-                codes.append(EXIT_INPUT)
-                continue
-            if v.error is not None and v.error.code is ErrorCode.NOT_A_QUOTE:
-                counts["not quotes"] += 1  # a script or note beside the quotes: skipped, not an invalid quote
-                continue
-            codes.append(v.exit_code())
-            counts["accepted" if v.accepted else "invalid" if v.error else "rejected"] += 1
-            out.write(json.dumps({"file": str(path), **v.to_dict()}) + "\n")
-    skipped = f", {counts['not quotes']} files skipped (not quotes)" if counts["not quotes"] else ""
-    click.echo(f"{len(codes)} quotes: {counts['accepted']} accepted, {counts['rejected']} rejected by policy, "
-               f"{counts['invalid']} invalid{skipped}", err=True)
-    return _batch_code(codes)
-
-
 @main.command("verify")
 @click.argument("quote", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--collateral", "collateral_path", required=True, type=click.Path(exists=True, path_type=Path),
-              help="dcap-qvl QuoteCollateralV3 JSON, or a folder of saved PCS v4 responses.")
+@click.option("--collateral", "collateral_path", type=click.Path(exists=True, path_type=Path),
+              help="dcap-qvl QuoteCollateralV3 JSON, or a folder of saved PCS v4 responses [default: fetch it "
+                   "from the collateral service].")
+@collateral_service_options
 @click.option("--root-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Trust this root (DER or PEM) instead of Intel's production SGX Root CA.")
 @click.option("--now", "now_text", help="Verification time: unix seconds or ISO 8601 (default: now).")
@@ -118,27 +82,54 @@ def _run_batch(verifier: Verifier, directory: Path, collateral: Collateral, out:
 @click.option("--batch", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Verify every quote file in this folder; JSON lines to --out (default stdout).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="JSON-lines output for --batch.")
-def verify_cmd(quote: Path | None, collateral_path: Path, root_ca: Path | None, now_text: str | None,
-               policy_path: Path | None, as_json: bool, batch: Path | None, out: Path | None) -> None:
-    """Verify a DCAP ECDSA SGX QUOTE (binary or hex) against its collateral."""
+@click.option("--jobs", type=click.IntRange(min=1), help="Processes for --batch [default: the CPUs this process "
+              "may use].")
+def verify_cmd(quote: Path | None, collateral_path: Path | None, root_ca: Path | None, now_text: str | None,
+               policy_path: Path | None, as_json: bool, batch: Path | None, out: Path | None, jobs: int | None,
+               **service: Any) -> None:
+    """Verify a DCAP ECDSA SGX QUOTE (binary or hex) against its collateral: from --collateral files, or
+    fetched (and verified before it is cached) from a PCCS, Intel's PCS or Azure THIM."""
+    from quotehelper.cli.pcs_cmd import fail, make_client, service_url
+
     if (quote is None) == (batch is None):
         raise click.UsageError("give either QUOTE or --batch DIR")
     now = parse_time(now_text) if now_text else None
+    url = None
+    if collateral_path is None:
+        url = service_url(service.pop("pccs_url"), service.pop("use_intel_pcs"), required=not service["offline"])
     try:
         roots = (TrustAnchor.from_file(root_ca),) if root_ca else ()
         policy = Policy.load(policy_path) if policy_path else None
-        collateral = load_collateral(collateral_path)
+        collateral = load_collateral(collateral_path) if collateral_path else None
     except VerificationError as e:
         _fail_input(e)
         return
     verifier = Verifier(VerifyOptions(trusted_roots=roots, now=now, policy=policy))
+    client = None if collateral is not None else make_client(url, verifier, **service)
     if batch is not None:
+        from quotehelper.aesm.workers import usable_cpus
+        from quotehelper.cli.verify_batch import BatchSettings, run_batch
+
+        settings = BatchSettings(tuple(r.der for r in roots), now, policy)
+        kw = {"collateral": collateral, "client": client, "jobs": jobs or usable_cpus()}
         if out is None:
-            sys.exit(_run_batch(verifier, batch, collateral, sys.stdout))
+            sys.exit(run_batch(batch, sys.stdout, settings, **kw))
         with out.open("w") as fh:
-            sys.exit(_run_batch(verifier, batch, collateral, fh))
+            sys.exit(run_batch(batch, fh, settings, **kw))
     assert quote is not None
-    v = verifier.verify(_read_quote_file(quote), collateral)
+    raw = _read_quote_file(quote)
+    if collateral is None:
+        from quotehelper.pcs import PcsError
+
+        try:
+            fetched = client.fetch(raw)
+        except PcsError as e:
+            fail(e)
+            return
+        collateral = fetched.collateral
+        for w in fetched.warnings:
+            click.echo(f"warning: {w}", err=True)
+    v = verifier.verify(raw, collateral)
     if as_json:
         click.echo(json.dumps(v.to_dict(), indent=2))
     else:

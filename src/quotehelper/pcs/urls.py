@@ -67,11 +67,14 @@ class Endpoints:
 
     # ---- collateral for verification ---------------------------------------------------------------
     def tcb(self, tee: str, fmspc: bytes, update: str = "standard", evaluation_number: int | None = None) -> str:
-        return self._url(tee, "tcb", {"fmspc": fmspc.hex().upper(), "update": update,
+        # PCS takes either update or tcbEvaluationDataNumber, not both
+        return self._url(tee, "tcb", {"fmspc": fmspc.hex().upper(),
+                                      "update": update if evaluation_number is None else None,
                                       "tcbEvaluationDataNumber": evaluation_number})
 
     def qe_identity(self, tee: str, update: str = "standard", evaluation_number: int | None = None) -> str:
-        return self._url(tee, "qe/identity", {"update": update, "tcbEvaluationDataNumber": evaluation_number})
+        return self._url(tee, "qe/identity", {"update": update if evaluation_number is None else None,
+                                              "tcbEvaluationDataNumber": evaluation_number})
 
     def qve_identity(self, update: str = "standard") -> str:
         return self._url("sgx", "qve/identity", {"update": update})

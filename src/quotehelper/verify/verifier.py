@@ -176,7 +176,7 @@ class Verifier:
         issuer chain, TCB info and QE identity (chains, signatures over the exact bytes, dates), under
         the trust anchor its PCK CRL chain ends in. Raises VerificationError; the result is cached by
         content hash like a quote's collateral."""
-        when = _to_utc(now or self.options.now or datetime.now(UTC))
+        when = as_utc(now, "now") if now is not None else self.options.now or datetime.now(UTC)
         chain = load_pem_chain(collateral.pck_crl_issuer_chain, "pck_crl_issuer_chain")
         anchor, _ = select_anchor(chain, self.roots, "pck_crl_issuer")
         return self._verify_collateral(collateral, anchor, when)

@@ -190,7 +190,7 @@ def test_lock_taken_on_a_removed_file_is_retried(tmp_path: Path, monkeypatch: py
         if len(calls) == 1:
             os.unlink(lock)  # the previous owner exits between our open and our flock
     monkeypatch.setattr(sockets.fcntl, "flock", flock)
-    fd = sockets._lock(str(lock))
+    fd = sockets._lock(str(tmp_path / "aesm.socket"))  # the socket path; the lock is <socket>.lock
     try:
         assert len(calls) == 2  # the orphan was given up and the file now at the path locked
         assert os.fstat(fd).st_ino == os.stat(lock).st_ino

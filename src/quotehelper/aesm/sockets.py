@@ -58,7 +58,7 @@ def bind_unpublished(path: str, mode: int, backlog: int,
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, mode=0o755, exist_ok=True)
     try:
-        lock_fd = _lock(path + ".lock")
+        lock_fd = _lock(path)
     except SocketInUse:
         if not take_over:
             raise
@@ -119,16 +119,36 @@ def publish(tmp: str, path: str) -> int:
     return os.stat(path).st_ino
 
 
-def _lock(lock_path: str) -> int:
-    """flock on `lock_path`, created if missing. The owner unlinks the file on exit (while holding the
-    lock), so a lock taken on a file that is no longer at the path is retried on the new one."""
+def _open_lock(path: str, lock_path: str) -> int:
+    # O_NOFOLLOW: a link planted at <socket>.lock must not make a root service create or lock a file
+    # elsewhere; anything but a regular file there is refused, as a non-socket at the socket path is.
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise QuoteHelperError(f"cannot serve {path}: its lock file {lock_path} is a symbolic link; "
+                                   "refusing to follow it (remove it)") from None
+        raise QuoteHelperError(f"cannot serve {path}: cannot open its lock file {lock_path}: {e.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise QuoteHelperError(f"cannot serve {path}: its lock file {lock_path} exists and is not a regular file; "
+                               "refusing to use it")
+    return fd
+
+
+def _lock(path: str) -> int:
+    """flock on `<path>.lock` (for the socket `path`), created if missing, never through a symbolic link.
+    The owner unlinks the file on exit (while holding the lock), so a lock taken on a file that is no
+    longer at the path is retried on the new one."""
+    lock_path = path + ".lock"
     while True:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = _open_lock(path, lock_path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise SocketInUse(f"another quotehelper service holds {lock_path}") from None
+            raise SocketInUse(f"another quotehelper service is serving {path}; start this one with --take-over "
+                              "to replace it without a gap") from None
         try:
             if os.stat(lock_path).st_ino == os.fstat(fd).st_ino:
                 return fd
@@ -172,7 +192,7 @@ class ServiceSocket:
         then), so the next update can take over from us. True once held."""
         if self._lock_fd < 0:
             try:
-                self._lock_fd = _lock(self.path + ".lock")
+                self._lock_fd = _lock(self.path)
             except SocketInUse:
                 return False
         return True

@@ -58,8 +58,8 @@ def _context(method_side: str, credentials: Credentials | None, peer_verifier: R
     ctx.set_options(SSL.OP_NO_TICKET | SSL.OP_NO_COMPRESSION)
     ctx.set_session_cache_mode(SSL.SESS_CACHE_OFF)
     if credentials is not None:
-        ctx.use_certificate(crypto.X509.from_cryptography(x509.load_der_x509_certificate(credentials.cert_der)))
-        ctx.use_privatekey(crypto.PKey.from_cryptography_key(credentials.key))
+        ctx.use_certificate(x509.load_der_x509_certificate(credentials.cert_der))
+        ctx.use_privatekey(credentials.key)
         ctx.check_privatekey()
     if peer_verifier is None:
         ctx.set_verify(SSL.VERIFY_NONE)

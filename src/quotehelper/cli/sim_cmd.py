@@ -119,6 +119,27 @@ def sim() -> None:
     """Software SGX platform: simulated CPU, QE3/PCE, test PKI and signed collateral (no SGX hardware)."""
 
 
+_INIT_FLAGS = {"tcb_status": "--tcb-status", "advisory_ids": "--advisory-id", "fmspc": "--fmspc", "ca": "--ca",
+               "sdk_compatible": "--sdk-compatible", "pki_dir": "--pki"}
+
+
+def _refuse_changes(plat: SimPlatform, **given: Any) -> None:
+    """Options the user typed (not defaults) that an existing platform does not have -> exit 2."""
+    ctx = click.get_current_context()
+    have = {"tcb_status": plat.tcb_status, "advisory_ids": tuple(plat.advisory_ids), "fmspc": plat.fmspc,
+            "ca": plat.ca, "sdk_compatible": plat.cpu.is_sdk_compatible,
+            "pki_dir": Path(plat.pki_dir).resolve()}
+    for name, value in given.items():
+        if ctx.get_parameter_source(name) is not click.core.ParameterSource.COMMANDLINE:
+            continue
+        want = Path(value).resolve() if name == "pki_dir" else tuple(value) if name == "advisory_ids" else value
+        if want != have[name]:
+            shown = have[name].hex().upper() if isinstance(have[name], bytes) else have[name]
+            raise click.BadParameter(f"platform {plat.platform_dir} exists with {shown}; init does not change an "
+                                     "existing platform (remove it, or give another --platform)",
+                                     param_hint=_INIT_FLAGS[name])
+
+
 @sim.command("init")
 @_platform_option
 @click.option("--pki", "pki_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -135,9 +156,14 @@ def sim() -> None:
 @_friendly
 def init_cmd(platform_dir: Path | None, pki_dir: Path | None, tcb_status: str, advisory_ids: tuple[str, ...],
              fmspc: bytes | None, ca: str, sdk_compatible: bool) -> None:
-    """Create a simulated platform (and its PKI). An existing platform is kept as it is."""
+    """Create a simulated platform (and its PKI). An existing platform is kept as it is: running init again
+    is harmless, but an option given explicitly that differs from the existing platform (say another
+    --tcb-status) is refused (exit 2) instead of silently ignored; use a new --platform directory."""
     target = _resolve(platform_dir)
     existed = (target / "platform.json").exists()
+    if existed:
+        _refuse_changes(SimPlatform.open(target), tcb_status=tcb_status, advisory_ids=advisory_ids, fmspc=fmspc,
+                        ca=ca, sdk_compatible=sdk_compatible, pki_dir=pki_dir)
     plat = SimPlatform.create(target, pki_dir=pki_dir, tcb_status=tcb_status, fmspc=fmspc,
                               sdk_compatible=sdk_compatible, advisory_ids=list(advisory_ids) or None, ca=ca)
     click.echo(f"{'existing' if existed else 'created'} platform {plat.platform_dir}")

@@ -19,7 +19,8 @@ from quotehelper.aesm import messages_pb2 as pb
 from quotehelper.aesm.client import OutOfProcessProvider
 from quotehelper.aesm.framing import encode_frame
 from quotehelper.aesm.handlers import BadFrame, Dispatcher, parse_request, selected_call
-from quotehelper.aesm.server import AesmResponder
+from quotehelper.aesm.options import ServeOptions
+from quotehelper.aesm.responder import AesmResponder
 from quotehelper.platform.sim import SimPlatform
 from tests.aesm.conftest import ThreadedService
 from tests.aesm.test_wire import IDS_REQ, INIT_REQ, NUM_REQ, PROBE_REQ, SIZE_REQ, get_quote_req, select_req
@@ -68,7 +69,8 @@ def _expected_call(payload: bytes) -> str | None:
 
 def test_mutated_frames_get_aesm_answers_and_never_crash_the_responder(platform: SimPlatform) -> None:
     engine = platform.engine()
-    responder = AesmResponder(Dispatcher(engine.supported_att_key_ids()), engine, queue_limit=CASES, memo=True)
+    responder = AesmResponder(Dispatcher(engine.supported_att_key_ids()), engine,
+                              ServeOptions(queue_limit=CASES, tenant_queue_limit=CASES, memo=True))
     rng = random.Random(SEED)
     seeds = _seeds(platform)
     outcomes: Counter[str] = Counter()

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from quotehelper.aesm import messages_pb2 as pb
 from quotehelper.aesm.handlers import Dispatcher
-from quotehelper.aesm.server import AesmResponder
+from quotehelper.aesm.options import ServeOptions
+from quotehelper.aesm.responder import AesmResponder
 from quotehelper.platform.engine import QuotingEngine
 from quotehelper.platform.sim import SimPlatform
 from quotehelper.sgx.structs import DEFAULT_ECDSA_ATT_KEY_ID
@@ -61,7 +62,7 @@ def init_req(timeout: int = 15000, b_pub: bool = True) -> pb.Request:
 
 def responder(plat: SimPlatform, memo: bool) -> tuple[AesmResponder, Counting]:
     eng = Counting(plat.engine())
-    return AesmResponder(Dispatcher([DEFAULT_ECDSA_ATT_KEY_ID]), eng, memo=memo), eng  # type: ignore[arg-type]
+    return AesmResponder(Dispatcher([DEFAULT_ECDSA_ATT_KEY_ID]), eng, ServeOptions(memo=memo)), eng  # type: ignore[arg-type]
 
 
 def test_failures_are_never_kept_and_successes_are_with_memo(tmp_path: Path) -> None:

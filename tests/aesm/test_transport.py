@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from quotehelper.aesm.framing import encode_frame
+from quotehelper.aesm.options import ServeOptions
 from quotehelper.aesm.server import AesmServer, ServiceSocket, echo_responder
 
 
@@ -18,7 +19,7 @@ def run(tmp_path: Path, body: Callable[[AesmServer, str], Awaitable[None]], **kw
 
     async def main() -> AesmServer:
         owner = ServiceSocket(path)
-        server = AesmServer(owner.sock, echo_responder, **kw)  # type: ignore[arg-type]
+        server = AesmServer(owner.sock, echo_responder, ServeOptions(**kw))  # type: ignore[arg-type]
         await server.start()
         try:
             await body(server, path)
@@ -94,7 +95,7 @@ def test_connection_cap(tmp_path: Path) -> None:
             await loop.sock_sendall(s, encode_frame(b"ok"))
             assert await read_all(s) == encode_frame(b"ok")
 
-    run(tmp_path, body, max_connections=2)
+    run(tmp_path, body, max_connections=2, tenant_by="none")  # one tenant: the worker's own cap
 
 
 def test_stop_answers_connections_still_in_the_backlog(tmp_path: Path) -> None:

@@ -138,13 +138,13 @@ class Dispatcher:
             return None
         sub = getattr(req, call)
         if not sub.IsInitialized():  # a required field is missing: AESM's check() fails -> 1
-            return self._fill_defaults(call, sub, error_response(call, AesmError.UNEXPECTED_ERROR))
+            return self.fill_defaults(call, sub, error_response(call, AesmError.UNEXPECTED_ERROR))
         if call in _LEGACY:
             return error_response(call, AesmError.SERVICE_UNAVAILABLE)
         return getattr(self, "_" + call)(sub)
 
     @staticmethod
-    def _fill_defaults(call: str, sub: object, res: pb.Response) -> pb.Response:
+    def fill_defaults(call: str, sub: object, res: pb.Response) -> pb.Response:
         # Fields the real responses always carry, even on error.
         if call == "initQuoteExReq":
             res.initQuoteExRes.pub_key_id_size = sub.buf_size  # type: ignore[attr-defined]
@@ -218,13 +218,13 @@ class Dispatcher:
         if key_err is None and sub.buf_size != PUB_KEY_ID_SIZE:
             key_err = AesmError.PARAMETER_ERROR
         if key_err is not None:
-            return self._fill_defaults("initQuoteExReq", sub, error_response("initQuoteExReq", key_err))
+            return self.fill_defaults("initQuoteExReq", sub, error_response("initQuoteExReq", key_err))
         return EngineCall(INIT_QUOTE_EX, sub)
 
     def _getQuoteSizeExReq(self, sub: pb.Request.GetQuoteSizeExRequest) -> pb.Response | EngineCall:
         key_err = _key_id_error(sub.att_key_id if sub.HasField("att_key_id") else None, self.supported)
         if key_err is not None:
-            return self._fill_defaults("getQuoteSizeExReq", sub, error_response("getQuoteSizeExReq", key_err))
+            return self.fill_defaults("getQuoteSizeExReq", sub, error_response("getQuoteSizeExReq", key_err))
         return EngineCall(GET_QUOTE_SIZE_EX, sub)
 
     def _getQuoteExReq(self, sub: pb.Request.GetQuoteExRequest) -> pb.Response | EngineCall:
@@ -235,7 +235,7 @@ class Dispatcher:
         if err is None and sub.buf_size > MAX_QUOTE_BUF:
             err = AesmError.OUT_OF_MEMORY_ERROR
         if err is not None:
-            return self._fill_defaults("getQuoteExReq", sub, error_response("getQuoteExReq", err))
+            return self.fill_defaults("getQuoteExReq", sub, error_response("getQuoteExReq", err))
         return EngineCall(GET_QUOTE_EX, sub)
 
 
@@ -259,7 +259,7 @@ _ENGINE_CALLS = {INIT_QUOTE_EX: "initQuoteExReq", GET_QUOTE_SIZE_EX: "getQuoteSi
 def engine_call_error(call: EngineCall, code: int) -> pb.Response:
     """An error reply for a validated engine call (e.g. AESM_BUSY), with the fields AESM always sends."""
     name = _ENGINE_CALLS[call.tag]
-    return Dispatcher._fill_defaults(name, call.sub, error_response(name, code))
+    return Dispatcher.fill_defaults(name, call.sub, error_response(name, code))
 
 
 def run_engine_call(engine: QuotingEngine, call: EngineCall,

@@ -19,15 +19,29 @@ files stay in the directory (its counts must), a few KB each.
 from __future__ import annotations
 
 import bisect
+import json
 import logging
 import os
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from quotehelper.aesm.server import AesmResponder, AesmServer
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
+
+
+class _Responder(Protocol):  # what a flush reads of AesmResponder (no import: metrics stays below server)
+    counts: dict[tuple[str, str], int]
+    quote_latency: LatencyBuckets
+    queued: int
+
+    def take_peak_queue(self) -> int: ...
+
+
+class _Server(Protocol):
+    stats: dict[str, int]
+
+
+class _Tenants(Protocol):
+    def all(self) -> Iterable[Any]: ...  # tenant.Tenant objects
 
 PREFIX = "quotehelper_aesm_"
 FLUSH_INTERVAL = 0.1  # seconds between a worker's flushes to the shared files
@@ -52,7 +66,11 @@ DROP_REASONS = {
     "rejected": "connection_cap",
     "truncated": "truncated",
     "over_budget": "buffer_budget",
+    "tenant_cap": "tenant_connection_cap",
+    "evicted": "evicted_for_other_tenant",
 }
+TENANT_FILE_INTERVAL = 1.0  # seconds between a worker's per-tenant snapshots
+TENANT_FILE_PREFIX = "tenants-"
 
 
 class LatencyBuckets:
@@ -107,7 +125,7 @@ class WorkerMetrics:
         if self._hist_buckets is None or self._hist_sum is None or len(self._hist_buckets) != len(QUOTE_BUCKETS) + 1:
             raise RuntimeError("unsupported prometheus_client version: Histogram internals changed")
 
-    def flush(self, responder: AesmResponder, server: AesmServer) -> None:
+    def flush(self, responder: _Responder, server: _Server, tenants: _Tenants | None = None) -> None:
         counts = responder.counts
         if counts:
             responder.counts = {}
@@ -129,9 +147,74 @@ class WorkerMetrics:
                 self._server_seen[key] = stats[key]
                 self.dropped.labels(reason).inc(n)
         self.queue_depth_w.set(max(responder.take_peak_queue(), responder.queued))
+        if tenants is not None:
+            self._write_tenants(tenants)
+
+    _tenants_written = 0.0
+    _tenants_last: dict[str, Any] | None = None
+
+    def _write_tenants(self, tenants: _Tenants, now: float | None = None) -> None:
+        """This worker's cumulative per-tenant counts, as JSON beside the prometheus files, at most every
+        TENANT_FILE_INTERVAL (the supervisor picks the top tenants at scrape time)."""
+        import time
+
+        now = time.monotonic() if now is None else now
+        if now - self._tenants_written < TENANT_FILE_INTERVAL:
+            return
+        self._tenants_written = now
+        snap = tenant_snapshot(tenants.all())
+        if snap == self._tenants_last:
+            return
+        self._tenants_last = snap
+        d = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        path = os.path.join(d, f"{TENANT_FILE_PREFIX}{os.getpid()}.json")
+        with open(path + ".tmp", "w") as f:
+            json.dump(snap, f)
+        os.replace(path + ".tmp", path)
 
 
-def start_flushing(metrics: WorkerMetrics, responder: AesmResponder, server: AesmServer,
+def tenant_snapshot(tenants: Iterable[Any]) -> dict[str, Any]:
+    """key -> {label, requests, errors, dropped: {reason: n}, wait_sum, wait_count} for tenants that asked."""
+    out: dict[str, Any] = {}
+    for t in tenants:
+        if not (t.requests or t.dropped):
+            continue
+        dropped = {DROP_REASONS.get(r, r): n for r, n in t.dropped.items()}
+        if t.busy:
+            dropped["busy"] = t.busy
+        if t.refused:
+            dropped["denied"] = t.refused
+        key = t.key + (" denied" if t.denied else "")
+        out[key] = {"label": t.label, "requests": t.requests, "errors": t.errors, "dropped": dropped,
+                    "wait_sum": t.wait_sum, "wait_count": t.wait_count}
+    return out
+
+
+def top_tenants(snapshots: Iterable[dict[str, Any]], n: int) -> dict[str, dict[str, Any]]:
+    """Sums workers' snapshots per tenant, keeps the `n` with the most requests under their labels and
+    folds the rest into "other": at most n + 1 label values, whatever the number of tenants."""
+    total: dict[str, dict[str, Any]] = {}
+    for snap in snapshots:
+        for key, v in snap.items():
+            t = total.setdefault(key, {"label": v["label"], "requests": 0, "errors": 0, "dropped": {},
+                                       "wait_sum": 0.0, "wait_count": 0})
+            for f in ("requests", "errors", "wait_sum", "wait_count"):
+                t[f] += v[f]
+            for r, k in v["dropped"].items():
+                t["dropped"][r] = t["dropped"].get(r, 0) + k
+    ranked = sorted(total.values(), key=lambda t: (-t["requests"], t["label"]))
+    out: dict[str, dict[str, Any]] = {}
+    for i, t in enumerate(ranked):
+        label = t["label"] if i < n else "other"
+        o = out.setdefault(label, {"requests": 0, "errors": 0, "dropped": {}, "wait_sum": 0.0, "wait_count": 0})
+        for f in ("requests", "errors", "wait_sum", "wait_count"):
+            o[f] += t[f]
+        for r, k in t["dropped"].items():
+            o["dropped"][r] = o["dropped"].get(r, 0) + k
+    return out
+
+
+def start_flushing(metrics: WorkerMetrics, responder: _Responder, server: _Server, tenants: _Tenants | None = None,
                    interval: float = FLUSH_INTERVAL) -> Callable[[], None]:
     """Flush every `interval` on the running loop; returns `stop`, which cancels and flushes a last time."""
     import asyncio
@@ -141,7 +224,7 @@ def start_flushing(metrics: WorkerMetrics, responder: AesmResponder, server: Aes
 
     def tick() -> None:
         try:
-            metrics.flush(responder, server)
+            metrics.flush(responder, server, tenants)
         except Exception:  # metrics must never take the worker down
             log.exception("metrics flush failed")
         handle[:] = [loop.call_later(interval, tick)]
@@ -151,8 +234,9 @@ def start_flushing(metrics: WorkerMetrics, responder: AesmResponder, server: Aes
     def stop() -> None:
         for h in handle:
             h.cancel()
+        metrics._tenants_written = float("-inf")  # the last per-tenant counts too
         try:
-            metrics.flush(responder, server)
+            metrics.flush(responder, server, tenants)
         except Exception:
             log.exception("metrics flush failed")
 
@@ -180,8 +264,9 @@ class MetricsEndpoint:
     workers through PROMETHEUS_MULTIPROC_DIR, and the /metrics HTTP server (prometheus_client's own)."""
 
     def __init__(self, addr: tuple[str, int], *, engine: str, version: str,
-                 restarts: Callable[[], int], workers: Callable[[], int]) -> None:
+                 restarts: Callable[[], int], workers: Callable[[], int], tenants: int = 10) -> None:
         self.addr = addr
+        self.tenants = tenants  # tenants with their own label value
         self.engine = engine
         self.version = version
         self._restarts = restarts
@@ -249,3 +334,34 @@ class _SupervisorCollector:
                                  labels=["engine", "version"])
         info.add_metric([e.engine, e.version], 1)
         yield info
+        yield from self._tenants()
+
+    def _tenants(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, SummaryMetricFamily
+
+        e = self.endpoint
+        snaps = []
+        for name in os.listdir(e.directory or "."):
+            if name.startswith(TENANT_FILE_PREFIX) and name.endswith(".json"):
+                try:
+                    with open(os.path.join(e.directory or ".", name)) as f:
+                        snaps.append(json.load(f))
+                except (OSError, ValueError):  # a worker replacing its file right now: next scrape
+                    continue
+        top = top_tenants(snaps, e.tenants)
+        req = CounterMetricFamily(PREFIX + "tenant_requests", "Requests per tenant (the busiest tenants by "
+                                  "name, the rest as \"other\")", labels=["tenant"])
+        err = CounterMetricFamily(PREFIX + "tenant_errors", "Requests per tenant answered with an error "
+                                  "code or closed unanswered", labels=["tenant"])
+        drop = CounterMetricFamily(PREFIX + "tenant_dropped", "Requests or connections refused per tenant, by "
+                                   "reason (busy, denied, tenant_connection_cap, read_deadline, ...)",
+                                   labels=["tenant", "reason"])
+        wait = SummaryMetricFamily(PREFIX + "tenant_queue_wait_seconds", "Time engine calls waited in the "
+                                   "fair queue, per tenant", labels=["tenant"])
+        for label, t in sorted(top.items()):
+            req.add_metric([label], t["requests"])
+            err.add_metric([label], t["errors"])
+            for reason, n in sorted(t["dropped"].items()):
+                drop.add_metric([label, reason], n)
+            wait.add_metric([label], t["wait_count"], t["wait_sum"])
+        yield from (req, err, drop, wait)

@@ -23,192 +23,35 @@ from __future__ import annotations
 
 import _socket
 import asyncio
-import collections
 import contextlib
-import functools
 import logging
 import os
 import socket
 import struct
 from collections.abc import Callable
 
-from quotehelper.aesm import messages_pb2 as pb
-from quotehelper.aesm.codes import AesmError, aesm_name
-from quotehelper.aesm.framing import MAX_FRAME, encode_frame
-from quotehelper.aesm.handlers import (
-    GET_QUOTE_EX,
-    GET_QUOTE_SIZE_EX,
-    INIT_QUOTE_EX,
-    BadFrame,
-    Dispatcher,
-    EngineCall,
-    engine_call_error,
-    parse_request,
-    run_engine_call,
-)
-from quotehelper.aesm.metrics import CALL_LABELS, LEGACY, UNPARSEABLE, LatencyBuckets
+from quotehelper.aesm.framing import encode_frame
+from quotehelper.aesm.options import ServeOptions
+from quotehelper.aesm.responder import AesmResponder, Reply  # noqa: F401 - AesmResponder re-exported
 from quotehelper.aesm.sockets import (  # noqa: F401 - re-exported: the server's public API
     DEFAULT_SOCKET,
     DEFAULT_SOCKET_MODE,
     ServiceSocket,
     SocketInUse,
 )
-from quotehelper.platform.engine import QuotingEngine
+from quotehelper.aesm.tenant import Tenant, TenantRegistry
 
 log = logging.getLogger(__name__)
 
 
-# What a responder returns for one request payload: reply bytes now, a future of them, or None (close).
-Reply = bytes | asyncio.Future[bytes] | None
-Responder = Callable[[bytes], Reply]
+Responder = Callable[[bytes, Tenant], Reply]  # payload, who asks -> reply
 _LEN = struct.Struct("<I")
+REFUSED_LOG_INTERVAL = 10.0  # seconds between log lines about one tenant's refused connections
 
 
 # --- responders ---------------------------------------------------------------------------------------
 
-class AesmResponder:
-    """payload -> reply, in the process that holds the engine.
-
-    Calls that need no engine (key-id catalogue, SelectAttKeyID, the InitQuoteEx probe, legacy calls,
-    anything failing AESM's own checks) are answered at once, so they never wait behind quotes. Engine
-    calls join a bounded FIFO drained a few at a time per event-loop iteration (so accepts and cheap
-    calls interleave with quoting); when the FIFO is full the answer is AESM_BUSY, so memory stays bounded.
-
-    Replies that are a function of the request bytes alone are kept in a small table keyed by those
-    bytes, so a repeated request costs one dict lookup (no protobuf parse): every inline answer (the
-    dispatcher's state is fixed for its lifetime), and, when `memo` is set, successful
-    InitQuoteEx/GetQuoteSizeEx answers - right for engines that keep their attestation key for the life
-    of the process (the software QE), wrong for ones that may re-certify it (leave `memo` off for DCAP).
-    """
-
-    MEMO_LIMIT = 64  # entries; payloads differ only in key id and timeout. Oldest evicted first.
-    MEMO_MAX_PAYLOAD = 2048  # requests above this (e.g. a long SelectAttKeyID list) are not kept
-    BATCH = 32  # engine calls per event-loop iteration (32 x ~36 us: cheap calls wait at most ~1.2 ms)
-
-    def __init__(self, dispatcher: Dispatcher, engine: QuotingEngine, *, queue_limit: int = 64,
-                 memo: bool = False) -> None:
-        self.dispatcher = dispatcher
-        self.engine = engine
-        self.queue_limit = queue_limit
-        self.memo = memo
-        self.busy_replies = 0
-        # (call, code name) -> requests since the last metrics flush; plain dict so counting costs ~0.1 us
-        self.counts: dict[tuple[str, str], int] = {}
-        self.quote_latency = LatencyBuckets()
-        self._peak_queue = 0
-        self._replies: dict[bytes, tuple[bytes, tuple[str, str]]] = {}  # payload -> (frame, counts key)
-        self._queue: collections.deque[tuple[EngineCall, asyncio.Future[bytes], bytes]] = collections.deque()
-        self._scheduled = False
-
-    def _remember(self, payload: bytes, frame: bytes, key: tuple[str, str]) -> None:
-        if len(payload) > self.MEMO_MAX_PAYLOAD:
-            return
-        if len(self._replies) >= self.MEMO_LIMIT:
-            del self._replies[next(iter(self._replies))]
-        self._replies[payload] = (frame, key)
-
-    def _count(self, key: tuple[str, str]) -> None:
-        self.counts[key] = self.counts.get(key, 0) + 1
-
-    def __call__(self, payload: bytes) -> Reply:
-        hit = self._replies.get(payload)
-        if hit is not None:
-            counts = self.counts
-            key = hit[1]
-            counts[key] = counts.get(key, 0) + 1
-            return hit[0]
-        try:
-            req = parse_request(payload)
-        except BadFrame:
-            self._count(UNPARSEABLE)
-            return None
-        out = self.dispatcher.inline(req)
-        if out is None:
-            self._count(UNPARSEABLE)
-            return None
-        if not isinstance(out, EngineCall):
-            key = counts_key(out)
-            self._count(key)
-            frame = encode_frame(out.SerializeToString())
-            self._remember(payload, frame, key)
-            return frame
-        depth = len(self._queue)
-        if depth >= self.queue_limit:
-            self.busy_replies += 1
-            self._count((_ENGINE_CALL_LABELS[out.tag], "AESM_BUSY"))
-            return encode_frame(failure_response(out, AesmError.BUSY))
-        if depth >= self._peak_queue:
-            self._peak_queue = depth + 1
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[bytes] = loop.create_future()
-        self._queue.append((out, fut, payload))
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._drain)
-        return fut
-
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
-
-    def take_peak_queue(self) -> int:
-        """The deepest the engine queue got since the previous call."""
-        peak, self._peak_queue = self._peak_queue, len(self._queue)
-        return peak
-
-    def _drain(self) -> None:
-        try:
-            for _ in range(min(self.BATCH, len(self._queue))):
-                call, fut, payload = self._queue.popleft()
-                if fut.done():  # the client went away meanwhile
-                    continue
-                try:
-                    fut.set_result(self._execute(call, payload))
-                except Exception:  # never leave a client waiting on a future nobody will complete
-                    log.exception("engine call %d failed", call.tag)
-                    self._count((_ENGINE_CALL_LABELS[call.tag], "AESM_UNEXPECTED_ERROR"))
-                    fut.set_result(encode_frame(failure_response(call, AesmError.UNEXPECTED_ERROR)))
-        finally:
-            if self._queue:
-                asyncio.get_running_loop().call_soon(self._drain)  # let I/O in before the next batch
-            else:
-                self._scheduled = False
-
-    def _execute(self, call: EngineCall, payload: bytes) -> bytes:
-        res = run_engine_call(self.engine, call, self.quote_latency.observe)
-        frame = encode_frame(res.SerializeToString())
-        code = getattr(res, _ENGINE_RES_FIELD[call.tag]).errorCode
-        key = _engine_key(call.tag, code)
-        counts = self.counts
-        counts[key] = counts.get(key, 0) + 1
-        if self.memo and call.tag != GET_QUOTE_EX and code == AesmError.SUCCESS and payload not in self._replies:
-            self._remember(payload, frame, key)
-        return frame
-
-
-_ENGINE_CALL_LABELS = {INIT_QUOTE_EX: "InitQuoteEx", GET_QUOTE_SIZE_EX: "GetQuoteSizeEx", GET_QUOTE_EX: "GetQuoteEx"}
-_ENGINE_RES_FIELD = {INIT_QUOTE_EX: "initQuoteExRes", GET_QUOTE_SIZE_EX: "getQuoteSizeExRes",
-                     GET_QUOTE_EX: "getQuoteExRes"}
-
-
-@functools.lru_cache(maxsize=256)
-def _engine_key(tag: int, code: int) -> tuple[str, str]:
-    # Cached: naming the code through the enum costs ~1 us, a cache hit ~0.1.
-    return _ENGINE_CALL_LABELS[tag], aesm_name(code)
-
-
-def counts_key(res: pb.Response) -> tuple[str, str]:
-    """(call label, result code name) of a Response: the labels of the requests counter."""
-    (field, sub), = res.ListFields()
-    return CALL_LABELS.get(field.name, LEGACY), aesm_name(sub.errorCode)
-
-
-def failure_response(call: EngineCall, code: int) -> bytes:
-    """The serialized error Response for an engine call, with the fields AESM always sends."""
-    return engine_call_error(call, code).SerializeToString()
-
-
-def echo_responder(payload: bytes) -> Reply:
+def echo_responder(payload: bytes, tenant: Tenant | None = None) -> Reply:
     """The transport floor: the same framing, no protocol work."""
     return encode_frame(payload)
 
@@ -223,10 +66,12 @@ class _Conn:
     """A connection that could not be answered on the spot: waiting for (the rest of) its request, for an
     engine reply, or for the client to read a large reply."""
 
-    __slots__ = ("sock", "fd", "buf", "need", "deadline", "out", "watch", "answered", "trailing")
+    __slots__ = ("sock", "fd", "buf", "need", "deadline", "out", "watch", "answered", "trailing", "tenant", "fut")
 
-    def __init__(self, sock: _socket.socket, deadline: float) -> None:
+    def __init__(self, sock: _socket.socket, deadline: float, tenant: Tenant) -> None:
         self.sock = sock
+        self.tenant = tenant
+        self.fut: asyncio.Future[bytes] | None = None  # the engine reply it waits for, if any
         self.fd = sock.fileno()
         self.buf = bytearray()
         self.need = -1  # payload length once the 4-byte header is in
@@ -246,28 +91,35 @@ class AesmServer:
     callback without ever being registered with the event loop. Only connections that must wait (partial
     request, queued engine call, client not reading) are tracked; their read/write deadlines are checked
     by one sweep every `tick` seconds instead of one timer per connection.
+
+    Tenants (tenant.py): every accepted connection is attributed to its peer's tenant (SO_PEERCRED, ~1.5 us
+    cached). A tenant holding `options.tenant_connections` connections has further ones closed at once
+    (by default half the worker's cap, so no tenant fills a worker and others always find room); when the
+    worker's own cap is reached, the tenant holding the most gives up one of its connections to a tenant
+    holding fewer.
     """
 
-    def __init__(self, sock: socket.socket, responder: Responder, *, read_timeout: float = 5.0,
-                 write_timeout: float = 15.0, max_frame: int = MAX_FRAME, max_connections: int = 1024,
-                 max_buffered: int = 32 << 20,
-                 drain_timeout: float = 20.0, backlog: int = 1024) -> None:
+    def __init__(self, sock: socket.socket, responder: Responder, options: ServeOptions | None = None, *,
+                 tenants: TenantRegistry | None = None, backlog: int = 1024) -> None:
+        o = self.options = options or ServeOptions()
         self.sock = sock
         self.backlog = backlog
         self.responder = responder
-        self.read_timeout = read_timeout
-        self.write_timeout = write_timeout
-        self.tick = min(0.1, read_timeout / 4, write_timeout / 4)
-        self.max_frame = max_frame
-        self.max_connections = max_connections
-        self.max_buffered = max_buffered  # bytes of unfinished requests held across all connections
+        self.tenants = tenants or TenantRegistry(o)
+        self.read_timeout = o.read_timeout
+        self.write_timeout = o.write_timeout
+        self.tick = min(0.1, o.read_timeout / 4, o.write_timeout / 4)
+        self.max_frame = o.max_frame
+        self.max_connections = o.max_connections
+        self.tenant_connections = o.tenant_connections
+        self.max_buffered = o.max_buffered  # bytes of unfinished requests held across all connections
         self.buffered = 0
-        self.drain_timeout = drain_timeout
+        self.drain_timeout = o.drain_timeout
         self.connections: dict[int, _Conn] = {}  # fd -> waiting connection
         self.idle: asyncio.Event | None = None
         self.stats: dict[str, int] = {k: 0 for k in (
             "requests", "oversized", "truncated", "closed_unanswered", "read_timeouts", "write_timeouts",
-            "rejected", "backlog_drained", "over_budget", "accept_errors")}
+            "rejected", "backlog_drained", "over_budget", "accept_errors", "tenant_cap", "evicted")}
         self._listen: socket.socket | None = None
         self._stopping: asyncio.Event | None = None
         self._sweeper: asyncio.TimerHandle | None = None
@@ -328,14 +180,17 @@ class AesmServer:
             self.loop.add_reader(self._listen.fileno(), self._accept_ready)
 
     def _new_connection(self, sock: _socket.socket) -> None:
-        if len(self.connections) >= self.max_connections:
-            self.stats["rejected"] += 1
-            sock.close()
+        tenant = self.tenants.identify(sock)
+        if tenant.conns >= self.tenant_connections:  # this tenant's share of the worker is taken: its loss
+            self._refuse(sock, tenant, "tenant_cap")
+            return
+        if len(self.connections) >= self.max_connections and not self._make_room(tenant):
+            self._refuse(sock, tenant, "rejected")
             return
         try:
             data = sock.recv(_RECV_SIZE, _MSG_DONTWAIT)
         except BlockingIOError:  # request not here yet: wait for it
-            conn = _Conn(sock, self.loop.time() + self.read_timeout)
+            conn = _Conn(sock, self.loop.time() + self.read_timeout, tenant)
             self._track(conn)
             self._watch(conn, 1)
             return
@@ -348,23 +203,56 @@ class AesmServer:
             if n <= self.max_frame and len(data) >= 4 + n:
                 self.stats["requests"] += 1
                 trailing = len(data) > 4 + n or len(data) == _RECV_SIZE
-                reply = self._respond(data[4: 4 + n])
+                reply = self._respond(data[4: 4 + n], tenant)
                 if reply is None or isinstance(reply, bytes):
-                    self._send_and_close(sock, reply, trailing)
+                    self._send_and_close(sock, reply, trailing, tenant)
                     return
-                conn = _Conn(sock, self.loop.time() + self.read_timeout)
+                conn = _Conn(sock, self.loop.time() + self.read_timeout, tenant)
                 conn.answered = True
                 conn.trailing = trailing
+                conn.fut = reply
                 self._track(conn)
                 reply.add_done_callback(lambda fut: self._reply_ready(conn, fut))
                 return
-        conn = _Conn(sock, self.loop.time() + self.read_timeout)
+        conn = _Conn(sock, self.loop.time() + self.read_timeout, tenant)
         self._track(conn)
         if self._feed(conn, data):
             self._watch(conn, 1)
 
+    def _refuse(self, sock: _socket.socket, tenant: Tenant, reason: str) -> None:
+        self.stats[reason] += 1
+        tenant.dropped[reason] = tenant.dropped.get(reason, 0) + 1
+        sock.close()
+        now = self.loop.time()
+        if now - tenant.log_at >= REFUSED_LOG_INTERVAL or not tenant.log_at:
+            tenant.log_at = now
+            log.warning("closed a connection of %s unanswered (%s): it holds %d of this worker's %d "
+                        "(%d closed so far)", tenant.describe(), reason, tenant.conns, len(self.connections),
+                        tenant.dropped[reason])
+
+    def _make_room(self, tenant: Tenant) -> bool:
+        """The worker is full: the tenant holding the most connections, if it holds more than `tenant`
+        would, loses one that is not being answered (its queued engine call is cancelled)."""
+        big = max(self.tenants.all(), key=lambda t: t.conns)
+        if big.conns <= tenant.conns + 1:
+            return False
+        victim = next((c for c in self.connections.values() if c.tenant is big and not c.out), None)
+        if victim is None:
+            return False
+        if victim.fut is not None:
+            victim.fut.cancel()
+        self._count_drop(victim, "evicted")
+        self._drop(victim)
+        return True
+
+    def _count_drop(self, conn: _Conn, reason: str) -> None:
+        self.stats[reason] += 1
+        d = conn.tenant.dropped
+        d[reason] = d.get(reason, 0) + 1
+
     def _track(self, conn: _Conn) -> None:
         self.connections[conn.fd] = conn
+        conn.tenant.conns += 1
         if self._sweeper is None:
             self._sweeper = self.loop.call_later(self.tick, self._sweep)
 
@@ -400,12 +288,12 @@ class AesmServer:
     def _feed(self, conn: _Conn, data: bytes) -> bool:
         """Adds request bytes; returns True while more are needed (False once answered or dropped)."""
         if not data:  # EOF before a whole frame (or nothing at all): close unanswered, as AESM does
-            self.stats["truncated"] += 1
+            self._count_drop(conn, "truncated")
             self._drop(conn)
             return False
         if self.buffered + len(data) > self.max_buffered:
             # Many half-sent frames at once: bound this process's memory; drop the one pushing it over.
-            self.stats["over_budget"] += 1
+            self._count_drop(conn, "over_budget")
             self._drop(conn)
             return False
         self.buffered += len(data)
@@ -415,7 +303,7 @@ class AesmServer:
                 return True
             (conn.need,) = _LEN.unpack_from(conn.buf)
             if conn.need > self.max_frame:
-                self.stats["oversized"] += 1
+                self._count_drop(conn, "oversized")
                 self._drop(conn)
                 return False
         if len(conn.buf) - 4 < conn.need:
@@ -427,23 +315,24 @@ class AesmServer:
         conn.buf = bytearray()
         self._unwatch(conn)
         self.stats["requests"] += 1
-        reply = self._respond(payload)
+        reply = self._respond(payload, conn.tenant)
         if isinstance(reply, asyncio.Future):
+            conn.fut = reply
             reply.add_done_callback(lambda fut: self._reply_ready(conn, fut))
         else:
             self._reply(conn, reply)
         return False
 
-    def _respond(self, payload: bytes) -> Reply:
+    def _respond(self, payload: bytes, tenant: Tenant) -> Reply:
         try:
-            return self.responder(payload)
+            return self.responder(payload, tenant)
         except Exception:
             log.exception("responder failed")
             return None
 
     # --- replying --------------------------------------------------------------------------------------
 
-    def _send_and_close(self, sock: _socket.socket, reply: bytes | None, trailing: bool) -> None:
+    def _send_and_close(self, sock: _socket.socket, reply: bytes | None, trailing: bool, tenant: Tenant) -> None:
         """The fast path's reply: nobody tracks this socket; it is closed here whatever happens."""
         if reply is None:
             self.stats["closed_unanswered"] += 1
@@ -457,7 +346,7 @@ class AesmServer:
             sock.close()
             return
         if sent < len(reply):  # a big reply the client has not read yet: track it with the write deadline
-            conn = _Conn(sock, self.loop.time() + self.write_timeout)
+            conn = _Conn(sock, self.loop.time() + self.write_timeout, tenant)
             conn.answered = True
             conn.trailing = trailing
             conn.out = reply[sent:]
@@ -504,6 +393,7 @@ class AesmServer:
         self._unwatch(conn)
         if self.connections.get(conn.fd) is conn:
             del self.connections[conn.fd]
+            conn.tenant.conns -= 1
         self.buffered -= len(conn.buf)
         conn.buf = bytearray()
         conn.sock.close()
@@ -516,9 +406,9 @@ class AesmServer:
         now = self.loop.time()
         for conn in [c for c in self.connections.values() if c.deadline <= now]:
             if conn.out:
-                self.stats["write_timeouts"] += 1
+                self._count_drop(conn, "write_timeouts")
             elif not conn.answered:
-                self.stats["read_timeouts"] += 1
+                self._count_drop(conn, "read_timeouts")
             else:  # waiting for the engine: its reply is on the way (the queue is bounded)
                 continue
             self._drop(conn)

@@ -18,8 +18,9 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from quotehelper.aesm.options import ServeOptions
 from quotehelper.aesm.sockets import DEFAULT_SOCKET_MODE, ServiceSocket
-from quotehelper.aesm.workers import EngineSpec, ServeConfig, WorkerSupervisor
+from quotehelper.aesm.workers import EngineSpec, WorkerSupervisor
 
 if TYPE_CHECKING:  # prometheus_client loads only with --metrics-addr
     from quotehelper.aesm.metrics import MetricsEndpoint
@@ -31,14 +32,14 @@ class QuoteService:
     """Socket + supervised workers. `start()`, then `stop()` (what SIGTERM triggers in `run`)."""
 
     def __init__(self, socket_path: str, spec: EngineSpec, *, mode: int = DEFAULT_SOCKET_MODE,
-                 workers: int | None = None, config: ServeConfig | None = None, backlog: int = 1024,
+                 workers: int | None = None, config: ServeOptions | None = None, backlog: int = 1024,
                  metrics_addr: tuple[str, int] | None = None, take_over: bool = False) -> None:
         self.socket_path = socket_path
         self.take_over = take_over  # replace a running quotehelper service's socket (bind_unpublished)
         self.spec = spec
         self.mode = mode
         self.workers = workers
-        self.config = config or ServeConfig()
+        self.config = config or ServeOptions()
         self.backlog = backlog
         self.metrics_addr = metrics_addr  # (host, port) of /metrics; None: no metrics, no files, no port
         self.metrics: MetricsEndpoint | None = None
@@ -61,7 +62,8 @@ class QuoteService:
             self.metrics = MetricsEndpoint(
                 self.metrics_addr, engine=engine_label(self.spec.target), version=__version__,
                 restarts=lambda: self.supervisor.restarts if self.supervisor else 0,
-                workers=lambda: len(self.supervisor.pids()) if self.supervisor else 0)
+                workers=lambda: len(self.supervisor.pids()) if self.supervisor else 0,
+                tenants=config.metrics_tenants)
             try:
                 self.metrics.start()  # before the workers: they inherit PROMETHEUS_MULTIPROC_DIR
             except BaseException:
@@ -146,7 +148,7 @@ class QuoteService:
             await self.stop()
 
 
-def exec_args(socket_path: str, spec: EngineSpec, *, mode: int, workers: int | None, config: ServeConfig,
+def exec_args(socket_path: str, spec: EngineSpec, *, mode: int, workers: int | None, config: ServeOptions,
               verbose: bool = False, metrics_addr: str | None = None, take_over: bool = False) -> list[str]:
     """argv that runs this module as the service (what `quotehelper serve` execs into)."""
     args = [sys.executable, "-m", "quotehelper.aesm.entry", "service", "--socket", socket_path, "--mode", f"{mode:o}",
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--socket", required=True)
     ap.add_argument("--mode", default=f"{DEFAULT_SOCKET_MODE:o}")
     ap.add_argument("--spec", required=True, help="engine spec JSON: target, args, then")
-    ap.add_argument("--config", default="{}", help="ServeConfig JSON")
+    ap.add_argument("--config", default="{}", help="ServeOptions JSON")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--metrics-addr", default=None, help="HOST:PORT to serve Prometheus /metrics on")
     ap.add_argument("--verbose", action="store_true")
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
             metrics_addr = parse_addr(a.metrics_addr)
         except ValueError as e:
             ap.error(str(e))
-    service = QuoteService(a.socket, spec, mode=mode, workers=a.workers, config=ServeConfig(**json.loads(a.config)),
+    service = QuoteService(a.socket, spec, mode=mode, workers=a.workers, config=ServeOptions(**json.loads(a.config)),
                            metrics_addr=metrics_addr, take_over=a.take_over)
 
     def ready() -> None:

@@ -7,8 +7,9 @@ answered and quoted in one process: no hop between processes (measured first: wi
 process hop per quote, the acceptor's event loop was the bottleneck, the hop cost as much as the ECDSA
 work, and the quoting workers idled). The kernel spreads connections over the processes blocked in accept.
 
-Backpressure lives in each worker (`AesmResponder`): engine calls queue in a bounded FIFO, answered
-AESM_BUSY when it is full; calls that need no engine skip the queue.
+Backpressure and fairness live in each worker: `AesmServer` caps the connections one tenant may hold,
+`AesmResponder` queues engine calls per tenant (deficit round robin, scheduler.py), answering AESM_BUSY to
+the tenant over its share; calls that need no engine skip the queue.
 
 The supervisor (`WorkerSupervisor`) starts the workers, replaces one that dies, and on shutdown sends
 SIGTERM: a worker then stops accepting, answers what the kernel already queued for it and the requests
@@ -32,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from quotehelper.aesm.framing import MAX_FRAME
+from quotehelper.aesm.options import ServeOptions
 from quotehelper.errors import QuoteHelperError
 
 if TYPE_CHECKING:  # the supervisor stays light: protocol and engine modules load in the workers only
@@ -63,19 +64,7 @@ class EngineSpec:
         return getattr(result, self.then)() if self.then else result  # type: ignore[no-any-return]
 
 
-@dataclass(frozen=True)
-class ServeConfig:
-    """Per-worker serving limits (see AesmServer and AesmResponder)."""
-
-    read_timeout: float = 5.0
-    write_timeout: float = 15.0
-    max_frame: int = MAX_FRAME
-    max_connections: int = 1024
-    max_buffered: int = 32 << 20
-    queue_limit: int = 64
-    drain_timeout: float = 20.0
-    memo: bool = False
-    metrics: bool = False  # write prometheus values to $PROMETHEUS_MULTIPROC_DIR (set by the supervisor)
+ServeConfig = ServeOptions  # the former name (STYLE.md §2.1)
 
 
 # --- how many workers ----------------------------------------------------------------------------------
@@ -119,18 +108,15 @@ def default_workers() -> int:
 async def _serve(listen: socket.socket, status: socket.socket, engine: QuotingEngine, cfg: ServeConfig,
                  index: int = 0) -> None:
     from quotehelper.aesm.handlers import Dispatcher
-    from quotehelper.aesm.server import AesmResponder, AesmServer
+    from quotehelper.aesm.responder import AesmResponder
+    from quotehelper.aesm.server import AesmServer
 
-    responder = AesmResponder(Dispatcher(engine.supported_att_key_ids()), engine,
-                              queue_limit=cfg.queue_limit, memo=cfg.memo)
-    server = AesmServer(listen, responder, read_timeout=cfg.read_timeout, write_timeout=cfg.write_timeout,
-                        max_frame=cfg.max_frame, max_connections=cfg.max_connections,
-                        max_buffered=cfg.max_buffered,
-                        drain_timeout=cfg.drain_timeout)
+    responder = AesmResponder(Dispatcher(engine.supported_att_key_ids()), engine, cfg)
+    server = AesmServer(listen, responder, cfg)
     stop_metrics: Callable[[], None] | None = None
     if cfg.metrics:
         from quotehelper.aesm.metrics import WorkerMetrics, start_flushing
-        stop_metrics = start_flushing(WorkerMetrics(index), responder, server)
+        stop_metrics = start_flushing(WorkerMetrics(index), responder, server, server.tenants)
     await server.start()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, server.request_stop)

@@ -195,6 +195,9 @@ class SimPcs:
         return x509.load_pem_x509_certificates(p["pck_chain"].encode())[0].public_bytes(Encoding.PEM)
 
 
+PCS_KEY: web.AppKey[SimPcs] = web.AppKey("pcs", SimPcs)
+
+
 # ---- HTTP --------------------------------------------------------------------------------------------
 def _respond(req: web.Request, body: bytes | str, headers: dict[str, str] | None = None,
              content_type: str = "application/json", status: int = 200) -> web.Response:
@@ -213,7 +216,7 @@ async def _errors(req: web.Request, handler):
 
 
 def _state(req: web.Request) -> SimPcs:
-    return req.app["pcs"]
+    return req.app[PCS_KEY]
 
 
 async def _tcb(req: web.Request) -> web.Response:
@@ -302,7 +305,7 @@ async def _root_cdp(req: web.Request) -> web.Response:
 def make_app(config: SimPcsConfig, clock=time.time) -> web.Application:
     app = web.Application(middlewares=[_errors])
     pcs = SimPcs(config, clock)
-    app["pcs"] = pcs
+    app[PCS_KEY] = pcs
     base = "/{tee:sgx|tdx}/certification/v4"
     app.router.add_get(base + "/tcb", _tcb)
     app.router.add_get(base + "/{which:qe|qve}/identity", _identity)

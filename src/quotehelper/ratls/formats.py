@@ -231,7 +231,8 @@ def parse_certificate(data: bytes) -> ParsedCert:
         return ParsedCert(
             der=der, tbs=tbs.dump(), signature=cert["signature_value"].native,
             signature_hash=_SIG_HASHES.get(sig_alg), spki=tbs["subject_public_key_info"].dump(),
-            subject=tbs["subject"].human_friendly, self_issued=tbs["subject"] == tbs["issuer"],
+            # Byte equality: asn1crypto's RFC 5280 name comparison (string prep) costs ~1 ms per certificate.
+            subject=tbs["subject"].human_friendly, self_issued=tbs["subject"].dump() == tbs["issuer"].dump(),
             not_before=_utc(validity["not_before"].native), not_after=_utc(validity["not_after"].native),
             extensions=exts, unknown_critical=tuple(unknown_critical))
     except RatlsError:

@@ -16,6 +16,7 @@ verify with their own key.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -76,7 +77,7 @@ class PeerVerdict:
                 "verdict": self.verdict.to_dict() if self.verdict else None, **self.extra}
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Found:
     fmt: str
     quote: bytes
@@ -91,7 +92,7 @@ def _report_data(quote: bytes, fmt: str) -> bytes:
                          {"verify_code": "QUOTE_MALFORMED", "format": fmt}) from e
 
 
-def _evidence(pc: f.ParsedCert, opts: RatlsOptions) -> list[_Found]:
+def _evidence(pc: f.ParsedCert, accept_legacy_only: bool) -> list[_Found]:
     """Every evidence extension, with its binding to the key checked."""
     found: list[_Found] = []
     spki256 = hashlib.sha256(pc.spki).digest() + bytes(32)
@@ -125,7 +126,7 @@ def _evidence(pc: f.ParsedCert, opts: RatlsOptions) -> list[_Found]:
     if not found:
         raise RatlsError(RatlsCode.EVIDENCE_MISSING, "no RA-TLS evidence extension (2.23.133.5.4.9, "
                          "1.2.840.113741.1337.6 or 1.2.840.113741.1.13.1)")
-    if dice is None and not opts.accept_legacy_only:
+    if dice is None and not accept_legacy_only:
         raise RatlsError(RatlsCode.EVIDENCE_MISSING, "only a legacy extension, and accept_legacy_only is off")
     return found
 
@@ -144,6 +145,35 @@ def _check_self_signature(pc: f.ParsedCert) -> None:
     except InvalidSignature as e:
         raise RatlsError(RatlsCode.CERT_SIGNATURE_INVALID, "the self-signature does not verify with the "
                          "certificate's own key") from e
+
+
+@dataclass(frozen=True)
+class _Static:
+    """What depends on the certificate's bytes alone (cached: a server presents one certificate to
+    every client, a client one to every server)."""
+
+    pc: f.ParsedCert
+    found: tuple[_Found, ...] | None
+    error: RatlsError | None          # a binding/format failure, raised on every use
+    signature_error: RatlsError | None  # raised only after the quote checks (see _verify)
+
+
+def _fresh(e: RatlsError) -> RatlsError:
+    return RatlsError(e.code, e.message, e.detail)  # a cached instance re-raised would grow its traceback
+
+
+@functools.lru_cache(maxsize=256)
+def _static(der: bytes, accept_legacy_only: bool) -> _Static:
+    pc = f.parse_certificate(der)
+    try:
+        found = tuple(_evidence(pc, accept_legacy_only))
+    except RatlsError as e:
+        return _Static(pc, None, e, None)
+    try:
+        _check_self_signature(pc)
+    except RatlsError as e:
+        return _Static(pc, found, None, e)
+    return _Static(pc, found, None, None)
 
 
 class RatlsVerifier:
@@ -169,7 +199,8 @@ class RatlsVerifier:
 
     def _verify(self, cert: bytes, nonce: bytes | None, now: datetime, facts: dict[str, Any]) -> PeerVerdict:
         opts = self.options
-        pc = f.parse_certificate(cert)
+        st = _static(f.load_der(cert), opts.accept_legacy_only)
+        pc = st.pc
         facts.update(subject=pc.subject, spki_sha256=hashlib.sha256(pc.spki).hexdigest())
         if pc.unknown_critical:
             raise RatlsError(RatlsCode.EXTENSION_CRITICAL, "unknown critical extension",
@@ -179,7 +210,10 @@ class RatlsVerifier:
                 raise RatlsError(RatlsCode.CERT_NOT_YET_VALID, f"valid from {iso(pc.not_before)}")
             if now > pc.not_after:
                 raise RatlsError(RatlsCode.CERT_EXPIRED, f"expired {iso(pc.not_after)}")
-        found = _evidence(pc, opts)
+        if st.error is not None:
+            raise _fresh(st.error)
+        assert st.found is not None
+        found = st.found
         facts["formats"] = tuple(x.fmt for x in found)
         claims = found[0].claims
         facts["nonce"] = claims.nonce if claims else None
@@ -208,7 +242,8 @@ class RatlsVerifier:
                     {"rules": [r.to_dict() for r in v.failed_rules], "status": v.status})
             verdict = v
         # Last, so a changed quote, claims or key is reported as such (the signature covers them all).
-        _check_self_signature(pc)
+        if st.signature_error is not None:
+            raise _fresh(st.signature_error)
         return PeerVerdict(**facts)
 
     def _collateral(self, pc: f.ParsedCert, quote: bytes) -> tuple[Collateral, str]:

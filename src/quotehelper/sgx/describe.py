@@ -71,15 +71,18 @@ def quote_dict(q: Quote) -> dict[str, Any]:
     cd = s.qe.certification_data
     cert: dict[str, Any] = {"type": cd.type, "size": len(cd.data)}
     chain_holder = cd.qe_report_cert_data.certification_data if cd.type == CERT_QE_REPORT else cd
-    if chain_holder.type in (4, 5):
-        pems = chain_holder.pck_chain_pem()
-        cert["pck_chain_subjects"] = [x509.load_pem_x509_certificate(p).subject.rfc4514_string() for p in pems]
-        cert["trailing_nul"] = chain_holder.data.endswith(b"\0")
-        cert["pck_extension"] = pck_extension_dict(pck_extension_of(pems[0]))
-    elif chain_holder.type in (1, 2, 3):
-        info = chain_holder.ppid_cert_info()
-        cert["ppid_cert_info"] = {"ppid": info.ppid.hex(), "cpu_svn": info.cpu_svn.hex(),
-                                  "pce_svn": info.pce_svn, "pce_id": None if info.pce_id is None else f"{info.pce_id:04X}"}
+    try:  # a damaged chain is shown as such; the rest of the quote is still worth printing
+        if chain_holder.type in (4, 5):
+            pems = chain_holder.pck_chain_pem()
+            cert["pck_chain_subjects"] = [x509.load_pem_x509_certificate(p).subject.rfc4514_string() for p in pems]
+            cert["trailing_nul"] = chain_holder.data.endswith(b"\0")
+            cert["pck_extension"] = pck_extension_dict(pck_extension_of(pems[0]))
+        elif chain_holder.type in (1, 2, 3):
+            info = chain_holder.ppid_cert_info()
+            cert["ppid_cert_info"] = {"ppid": info.ppid.hex(), "cpu_svn": info.cpu_svn.hex(), "pce_svn": info.pce_svn,
+                                      "pce_id": None if info.pce_id is None else f"{info.pce_id:04X}"}
+    except (ValueError, IndexError) as e:  # FormatError is a ValueError; so is cryptography's parse error
+        cert["error"] = str(e) if isinstance(e, FormatError) else f"unreadable certificate data ({type(e).__name__})"
     return {
         "size": len(q.to_bytes()), "header": header, "body": body,
         "signature_data": {

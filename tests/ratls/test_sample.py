@@ -1,0 +1,79 @@
+"""deploy/samples/attested-tls, rendered by the real `kubectl kustomize` and checked like the other
+samples (tests/k8s/test_manifests.py): schemas, the CLI flags in it, admission through the simulate
+overlay's webhook, and the two policies naming each other's MRENCLAVE."""
+
+from __future__ import annotations
+
+import jsonpatch
+import kubernetes_validate
+import pytest
+import yaml
+
+from quotehelper.k8s import mutate
+from quotehelper.verify import Policy
+from tests.k8s.test_manifests import (
+    DEPLOY,
+    K8S_VERSION,
+    by,
+    parse_cli,
+    pod_spec,
+    quotehelper_invocations,
+    render,
+)
+
+SAMPLE = DEPLOY / "samples" / "attested-tls"
+
+
+@pytest.fixture(scope="module")
+def docs() -> list[dict]:
+    return render(SAMPLE)
+
+
+def test_every_object_validates(docs):
+    assert {d["kind"] for d in docs} == {"ConfigMap", "Deployment", "Service", "Job"}
+    for d in docs:
+        kubernetes_validate.validate(d, K8S_VERSION, strict=True)
+        assert d["metadata"]["namespace"] == "default"
+
+
+def test_commands_and_flags_exist(docs):
+    seen = dict(quotehelper_invocations(docs))
+    assert {argv[:2] for argv in map(tuple, seen.values())} == {("ratls", "serve"), ("ratls", "connect")}
+    import click
+    for where, argv in seen.items():
+        try:
+            parse_cli(argv)
+        except click.BadParameter as e:
+            assert "does not exist" in e.message, f"{where}: {e.format_message()}"  # files mounted at run time
+
+
+def _arg(argv: list[str], flag: str) -> str:
+    return argv[argv.index(flag) + 1]
+
+
+def test_each_side_trusts_exactly_the_others_enclave(docs):
+    server = pod_spec(by(docs, "Deployment", "attested-tls-server"))["containers"][0]["args"]
+    client = pod_spec(by(docs, "Job", "attested-tls-client"))["containers"][0]["args"]
+    policies = by(docs, "ConfigMap", "attested-tls-policy")["data"]
+    policy = {name: Policy.from_dict(yaml.safe_load(text)) for name, text in policies.items()}
+    assert policy["server-policy.yaml"].mr_enclave == (bytes.fromhex(_arg(client, "--mr-enclave")),)
+    assert policy["client-policy.yaml"].mr_enclave == (bytes.fromhex(_arg(server, "--mr-enclave")),)
+    assert _arg(server, "--policy").endswith("server-policy.yaml") and _arg(client, "--policy").endswith("client-policy.yaml")
+    svc = by(docs, "Service", "attested-tls-server")
+    assert _arg(client, "connect") == f"{svc['metadata']['name']}:{svc['spec']['ports'][0]['port']}"
+
+
+@pytest.mark.parametrize(("kind", "name"), [("Deployment", "attested-tls-server"), ("Job", "attested-tls-client")])
+def test_pods_opt_in_with_the_annotation_only_and_pass_the_simulate_webhook(docs, kind, name):
+    obj = by(docs, kind, name)
+    template = obj["spec"]["template"]
+    assert template["metadata"]["annotations"] == {"quotehelper.io/quote-provider": "aesm"}
+    spec = template["spec"]
+    assert not any("hostPath" in v for v in spec["volumes"])
+    assert all("SGX_AESM_ADDR" not in str(c.get("env")) for c in spec["containers"])  # the webhook adds it
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {**template["metadata"], "name": f"{name}-x",
+                                                           "namespace": "default"}, "spec": spec}
+    patched = jsonpatch.apply_patch(pod, mutate.patch_for(pod, mutate.MutationConfig()))
+    kubernetes_validate.validate(patched, K8S_VERSION, strict=True)
+    c = patched["spec"]["containers"][0]
+    assert {"name": "SGX_AESM_ADDR", "value": "1"} in c["env"] and c["resources"]["limits"]["sgx.intel.com/enclave"] == "1"

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from quotehelper.aesm import client as aesm_client
+from quotehelper.aesm.options import ServeOptions
 from quotehelper.aesm.service import QuoteService
-from quotehelper.aesm.workers import EngineSpec, ServeConfig, WorkerSupervisor
+from quotehelper.aesm.workers import EngineSpec, WorkerSupervisor
 from quotehelper.platform.sim import SimPlatform
 
 
@@ -39,12 +40,11 @@ class ThreadedService:
     in a background thread, so signals stay with pytest."""
 
     def __init__(self, sock: str, plat: SimPlatform, *, workers: int = 2, queue_limit: int = 64,
-                 read_timeout: float = 1.0, mode: int = 0o666) -> None:
+                 read_timeout: float = 1.0, mode: int = 0o666, options: ServeOptions | None = None) -> None:
         self.sock = sock
-        self.service = QuoteService(sock, engine_spec(plat), mode=mode, workers=workers,
-                                    config=ServeConfig(read_timeout=read_timeout, queue_limit=queue_limit,
-                                                       memo=True))
-        self.read_timeout = read_timeout
+        options = options or ServeOptions(read_timeout=read_timeout, queue_limit=queue_limit, memo=True)
+        self.service = QuoteService(sock, engine_spec(plat), mode=mode, workers=workers, config=options)
+        self.read_timeout = options.read_timeout
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, daemon=True)

@@ -12,14 +12,16 @@ from pathlib import Path
 from quotehelper.aesm.framing import encode_frame
 from quotehelper.aesm.options import ServeOptions
 from quotehelper.aesm.server import AesmServer, ServiceSocket, echo_responder
+from quotehelper.aesm.tenant import Tenant
 
 
-def run(tmp_path: Path, body: Callable[[AesmServer, str], Awaitable[None]], **kw: object) -> AesmServer:
+def run(tmp_path: Path, body: Callable[[AesmServer, str], Awaitable[None]], tenants: object = None,
+        **kw: object) -> AesmServer:
     path = str(tmp_path / "t.socket")
 
     async def main() -> AesmServer:
         owner = ServiceSocket(path)
-        server = AesmServer(owner.sock, echo_responder, ServeOptions(**kw))  # type: ignore[arg-type]
+        server = AesmServer(owner.sock, echo_responder, ServeOptions(**kw), tenants=tenants)  # type: ignore[arg-type]
         await server.start()
         try:
             await body(server, path)
@@ -96,6 +98,43 @@ def test_connection_cap(tmp_path: Path) -> None:
             assert await read_all(s) == encode_frame(b"ok")
 
     run(tmp_path, body, max_connections=2, tenant_by="none")  # one tenant: the worker's own cap
+
+
+class Scripted:
+    """A TenantRegistry stand-in: connections belong to the tenants listed, in order."""
+
+    def __init__(self, *tenants: Tenant) -> None:
+        self.order = list(tenants)
+        self.known = list(dict.fromkeys(tenants))
+
+    def identify(self, sock: socket.socket) -> Tenant:
+        return self.order.pop(0)
+
+    def all(self) -> list[Tenant]:
+        return self.known
+
+
+def test_tenant_caps_and_a_full_worker_evicts_the_biggest_tenant(tmp_path: Path) -> None:
+    a, b = Tenant("a", "a"), Tenant("b", "b")
+
+    async def body(server: AesmServer, path: str) -> None:
+        loop = asyncio.get_running_loop()
+        held_a = [await connect(path) for _ in range(3)]
+        await asyncio.sleep(0.1)
+        assert await read_all(await connect(path)) == b""  # a's 4th: over its share (3), closed at once
+        held_b = [await connect(path)]
+        await asyncio.sleep(0.1)
+        assert (a.conns, b.conns, len(server.connections)) == (3, 1, 4)  # the worker is full
+        held_b.append(await connect(path))  # b holds fewer: a loses its oldest waiting connection
+        assert await read_all(held_a.pop(0)) == b""
+        assert (a.conns, b.conns) == (2, 2) and a.dropped == {"tenant_cap": 1, "evicted": 1}
+        assert await read_all(await connect(path)) == b""  # b's 3rd: a (2) no longer holds more than b would
+        assert server.stats["rejected"] == 1 and b.dropped == {"rejected": 1}
+        for s in held_a + held_b:
+            await loop.sock_sendall(s, encode_frame(b"ok"))
+            assert await read_all(s) == encode_frame(b"ok")
+
+    run(tmp_path, body, Scripted(a, a, a, a, b, b, b), max_connections=4, tenant_max_connections=3)
 
 
 def test_stop_answers_connections_still_in_the_backlog(tmp_path: Path) -> None:

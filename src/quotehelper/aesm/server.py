@@ -181,11 +181,11 @@ class AesmServer:
 
     def _new_connection(self, sock: _socket.socket) -> None:
         tenant = self.tenants.identify(sock)
-        if tenant.conns >= self.tenant_connections:  # this tenant's share of the worker is taken: its loss
-            self._refuse(sock, tenant, "tenant_cap")
-            return
         if len(self.connections) >= self.max_connections and not self._make_room(tenant):
             self._refuse(sock, tenant, "rejected")
+            return
+        if tenant.conns >= self.tenant_connections:  # this tenant's share of the worker is taken: its loss
+            self._refuse(sock, tenant, "tenant_cap")
             return
         try:
             data = sock.recv(_RECV_SIZE, _MSG_DONTWAIT)

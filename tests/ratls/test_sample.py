@@ -4,6 +4,7 @@ overlay's webhook, and the two policies naming each other's MRENCLAVE."""
 
 from __future__ import annotations
 
+import click
 import jsonpatch
 import kubernetes_validate
 import pytest
@@ -39,7 +40,6 @@ def test_every_object_validates(docs):
 def test_commands_and_flags_exist(docs):
     seen = dict(quotehelper_invocations(docs))
     assert {argv[:2] for argv in map(tuple, seen.values())} == {("ratls", "serve"), ("ratls", "connect")}
-    import click
     for where, argv in seen.items():
         try:
             parse_cli(argv)

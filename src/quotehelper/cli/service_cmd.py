@@ -20,9 +20,10 @@ import click
 from quotehelper.aesm.client import SgxError, provider_from_env
 from quotehelper.aesm.launch import ServiceProcess
 from quotehelper.aesm.metrics import parse_addr
+from quotehelper.aesm.options import TENANT_MODES, ServeOptions, ServeOptionsError
 from quotehelper.aesm.service import QuoteService, exec_args
 from quotehelper.aesm.sockets import DEFAULT_SOCKET, DEFAULT_SOCKET_MODE
-from quotehelper.aesm.workers import EngineSpec, ServeConfig
+from quotehelper.aesm.workers import EngineSpec
 from quotehelper.cli import main
 from quotehelper.errors import QuoteHelperError
 from quotehelper.platform.sim import SimPlatform, default_platform_dir
@@ -55,6 +56,45 @@ def _metrics_addr(_ctx: click.Context, _param: click.Parameter, value: str | Non
     return value
 
 
+def _tenant_options(f: Callable) -> Callable:
+    """`serve`'s tenant options (aesm/tenant.py, aesm/scheduler.py); defaults are ServeOptions'."""
+    many = {"multiple": True, "default": ()}
+    for decorator in reversed([
+        click.option("--tenant-by", type=click.Choice(TENANT_MODES), default=None,
+                     help="Who a tenant is: pod = the client's Kubernetes pod, from its cgroup (needs hostPID; "
+                          "else its container, else its uid); uid = the client's uid; none = everyone is one "
+                          f"tenant, no fairness [default: {ServeOptions.tenant_by}]."),
+        click.option("--tenant-max-connections", type=click.IntRange(1), default=None,
+                     help="Connections one tenant may hold per worker; its further ones are closed at once "
+                          "[default: half of --max-connections]."),
+        click.option("--tenant-queue-limit", type=click.IntRange(1), default=None,
+                     help="Engine calls one tenant may have queued per worker; beyond it that tenant gets "
+                          "AESM_BUSY [default: half of --queue-limit]."),
+        click.option("--allow-uid", "allow_uids", type=int, metavar="UID", **many,
+                     help="Serve only these uids (repeatable; with --allow-gid/--allow-namespace: any of them)."),
+        click.option("--allow-gid", "allow_gids", type=int, metavar="GID", **many,
+                     help="Serve only these gids (repeatable)."),
+        click.option("--allow-namespace", "allow_namespaces", metavar="NS", **many,
+                     help="Serve only pods in these Kubernetes namespaces (repeatable; needs --pods-log-dir)."),
+        click.option("--deny-uid", "deny_uids", type=int, metavar="UID", **many,
+                     help="Answer these uids AESM_SERVICE_UNAVAILABLE (repeatable)."),
+        click.option("--deny-gid", "deny_gids", type=int, metavar="GID", **many,
+                     help="Answer these gids AESM_SERVICE_UNAVAILABLE (repeatable)."),
+        click.option("--deny-namespace", "deny_namespaces", metavar="NS", **many,
+                     help="Answer pods in these namespaces AESM_SERVICE_UNAVAILABLE (repeatable)."),
+        click.option("--deny-pod", "deny_pods", metavar="NS/NAME|UID", **many,
+                     help="Answer this pod AESM_SERVICE_UNAVAILABLE (repeatable)."),
+        click.option("--pods-log-dir", type=click.Path(), default=None,
+                     help="kubelet's pod log directory, whose <namespace>_<name>_<uid> entries name pods "
+                          f"(mount it read-only) [default: {ServeOptions.pods_log_dir}]."),
+        click.option("--metrics-tenants", type=click.IntRange(0), default=None,
+                     help="Tenants with their own metrics label (the busiest); the rest are counted as "
+                          f"\"other\" [default: {ServeOptions.metrics_tenants}]."),
+    ]):
+        f = decorator(f)
+    return f
+
+
 @main.command("serve")
 @click.option("--socket", "socket_path", default=DEFAULT_SOCKET, show_default=True,
               help="Unix socket to serve the AESM protocol on.")
@@ -66,7 +106,12 @@ def _metrics_addr(_ctx: click.Context, _param: click.Parameter, value: str | Non
               help="Quoting worker processes [default: the CPUs the service may use (affinity, cgroup "
                    "CPU limit), at most 4].")
 @click.option("--queue-limit", type=click.IntRange(1), default=None,
-              help="Engine calls queued per worker; beyond it clients get AESM_BUSY [default: 64].")
+              help="Engine calls queued per worker (~2 KB each); when full, the tenant with the most queued "
+                   f"gets AESM_BUSY [default: {ServeOptions.queue_limit}].")
+@click.option("--max-connections", type=click.IntRange(1), default=None,
+              help="Connections one worker holds open (waiting for a request, the engine or the client) "
+                   f"[default: {ServeOptions.max_connections}].")
+@_tenant_options
 @click.option("--socket-mode", default=f"{DEFAULT_SOCKET_MODE:o}", show_default=True, callback=_octal,
               help="Permissions of the socket file (octal). Anyone who can write it can get quotes.")
 @click.option("--read-timeout", type=click.FloatRange(0.01), default=5.0, show_default=True,
@@ -81,8 +126,8 @@ def _metrics_addr(_ctx: click.Context, _param: click.Parameter, value: str | Non
                    "accepted and exits on its SIGTERM (a zero-gap update). aesmd is never replaced.")
 @click.option("-v", "--verbose", is_flag=True, help="Log every lifecycle event.")
 def serve_cmd(socket_path: str, platform_dir: Path | None, engine: str, workers: int | None,
-              queue_limit: int | None, socket_mode: int, read_timeout: float,
-              metrics_addr: str | None, take_over: bool, verbose: bool) -> None:
+              queue_limit: int | None, max_connections: int | None, socket_mode: int, read_timeout: float,
+              metrics_addr: str | None, take_over: bool, verbose: bool, **tenancy: object) -> None:
     """Serve quotes on an AESM-compatible socket until SIGTERM (then drain and remove the socket)."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -101,7 +146,12 @@ def serve_cmd(socket_path: str, platform_dir: Path | None, engine: str, workers:
         raise click.ClickException(f"cannot open the {engine} engine: {e}") from e
     # The software QE keeps its attestation key for the process lifetime: InitQuoteEx/GetQuoteSizeEx
     # answers can be memoised. DCAP may re-certify, so not there.
-    cfg = ServeConfig(read_timeout=read_timeout, queue_limit=queue_limit or 64, memo=engine == "sim")
+    given = {"queue_limit": queue_limit, "max_connections": max_connections, **tenancy}
+    try:
+        cfg = ServeOptions(read_timeout=read_timeout, memo=engine == "sim",
+                           **{k: v for k, v in given.items() if v is not None and v != ()})  # type: ignore[arg-type]
+    except ServeOptionsError as e:
+        raise click.UsageError(str(e)) from e
     if sys.platform.startswith("linux"):
         # Become the lean supervisor process (same pid, so SIGTERM from systemd/kubelet reaches it).
         sys.stdout.flush()

@@ -138,6 +138,14 @@ def _refused(e: SSL.Error) -> RatlsError:
     return RatlsError(RatlsCode.REFUSED_BY_PEER, f"the peer ended the connection: {e}")
 
 
+def _tune(sock: socket.socket) -> None:
+    sock.setblocking(False)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        # A 5 KB RA-TLS certificate flight goes out in several writes; with Nagle the last one waits
+        # for the peer's delayed ACK (40 ms on Linux): mutual RA-TLS went from 20 to ~70 handshakes/s.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def _deadline(timeout: float) -> float:
     return time.monotonic() + timeout
 
@@ -176,7 +184,7 @@ def connect(address: tuple[str, int], context: SSL.Context, peer_verifier: Ratls
     """TCP connect + handshake. `peer_verifier` must be the one `context` was made with (it is called
     from the handshake). Raises RatlsError (the peer's refusal code, or HANDSHAKE_FAILED) or OSError."""
     sock = socket.create_connection(address, timeout=timeout)
-    sock.setblocking(False)
+    _tune(sock)
     conn = SSL.Connection(context, sock)
     state = _State(peer_verifier, nonce)
     conn.set_app_data(state)
@@ -189,7 +197,7 @@ def accept(listener: socket.socket, context: SSL.Context, peer_verifier: RatlsVe
     """Accepts one TCP connection from `listener` (blocking) and runs the server handshake.
     Raises RatlsError as `connect` does; the refused client's socket is closed."""
     sock, _ = listener.accept()
-    sock.setblocking(False)
+    _tune(sock)
     conn = SSL.Connection(context, sock)
     state = _State(peer_verifier, nonce)
     conn.set_app_data(state)

@@ -321,6 +321,7 @@ def quote_frames(platform: Any) -> list[bytes]:
 
     kid = DEFAULT_ECDSA_ATT_KEY_ID.to_bytes()
     eng = platform.engine()
+    eng.init_quote(DEFAULT_ECDSA_ATT_KEY_ID)
     report = platform.enclave().report(eng.target_info(), b"tenant").to_bytes()
     init = pb.Request()
     init.initQuoteExReq.att_key_id = kid

@@ -113,6 +113,12 @@ def _client_loop(addr: tuple[str, int], ctx: SSL.Context, verifier: RatlsVerifie
     return n, wall, time.process_time() - cpu0
 
 
+def _proc_cpu(pid: int) -> float:
+    """utime + stime of a process in seconds (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=2.0, help="client time per variant per round")
@@ -127,24 +133,28 @@ def main() -> int:
                           tls.client_context(c_verifier, c_creds), c_verifier),
         "plain TLS mutual": (_plain_context(ps_creds, ca, True), None, _plain_context(pc_creds, ca, False), None),
     }
-    procs, addrs = [], {}
+    procs, addrs, pids = [], {}, {}
     for name, (sctx, sver, _, _) in variants.items():
         listener = socket.create_server(("127.0.0.1", 0))
         addrs[name] = listener.getsockname()[:2]
         p = mp.get_context("fork").Process(target=_serve, args=(listener, sctx, sver), daemon=True)
         p.start()
         procs.append(p)
+        pids[name] = p.pid
         listener.close()
     try:
         for name, (_, _, cctx, cver) in variants.items():  # warm-up: caches, imports, first handshakes
             _client_loop(addrs[name], cctx, cver, 0.3)
         rates: dict[str, list[float]] = {k: [] for k in variants}
         cpu_us: dict[str, list[float]] = {k: [] for k in variants}
+        server_us: dict[str, list[float]] = {k: [] for k in variants}
         for _ in range(args.rounds):
             for name, (_, _, cctx, cver) in variants.items():
+                before = _proc_cpu(pids[name])
                 n, wall, cpu = _client_loop(addrs[name], cctx, cver, args.seconds)
                 rates[name].append(n / wall)
                 cpu_us[name].append(cpu / n * 1e6)
+                server_us[name].append((_proc_cpu(pids[name]) - before) / n * 1e6)
     finally:
         for p in procs:
             p.terminate()
@@ -156,13 +166,17 @@ def main() -> int:
     assert ok.ok, ok.summary()
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; key type P-256 (ECDSA), "
           f"OpenSSL via pyOpenSSL; {args.rounds} rounds x {args.seconds:.1f} s per variant, alternating")
-    print(f"{'':18s} {'handshakes/s (median)':>22s} {'rounds':>24s} {'client CPU us/conn':>20s}")
+    print(f"{'':18s} {'handshakes/s (median)':>22s} {'rounds':>20s} {'CPU us/conn: client':>20s} {'server':>7s}"
+          f" {'CPU-bound conn/s per core':>26s}")
+    cpu_rate = {}
     for name in variants:
-        med = statistics.median(rates[name])
-        print(f"{name:18s} {med:22.0f} {' '.join(f'{r:.0f}' for r in rates[name]):>24s} "
-              f"{statistics.median(cpu_us[name]):20.0f}")
+        c, s = statistics.median(cpu_us[name]), statistics.median(server_us[name])
+        cpu_rate[name] = 1e6 / (c + s)
+        print(f"{name:18s} {statistics.median(rates[name]):22.0f} {' '.join(f'{r:.0f}' for r in rates[name]):>20s} "
+              f"{c:20.0f} {s:7.0f} {cpu_rate[name]:26.0f}")
     ratio = statistics.median(rates["RA-TLS mutual"]) / statistics.median(rates["plain TLS mutual"])
-    print(f"RA-TLS / plain: {ratio:.2f}; RatlsVerifier.verify alone (warm cache): {verify_us:.0f} us per "
+    print(f"RA-TLS / plain: {ratio:.2f} (wall clock), {cpu_rate['RA-TLS mutual'] / cpu_rate['plain TLS mutual']:.2f} "
+          f"(CPU per connection, both sides); RatlsVerifier.verify alone (warm cache): {verify_us:.0f} us per "
           f"certificate, once on each side; RA-TLS certificate {len(s_creds.cert_der)} B vs plain "
           f"{len(ps_creds.cert_der)} B")
     return 0

@@ -70,6 +70,15 @@ def _verifying_options(fn: Callable[..., None]) -> Callable[..., None]:
     return fn
 
 
+_VERIFYING = ("policy_path", "collateral_path", "root_ca", "nonce", "no_endorsements", "ignore_cert_dates")
+
+
+def _split(kw: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A command's keyword arguments -> (making options, verifying options)."""
+    verifying = {k: kw.pop(k) for k in _VERIFYING}
+    return kw, verifying
+
+
 def _peer_verifier(policy_path: Path | None, collateral_path: Path | None, root_ca: Path | None,
                    nonce: bytes | None, no_endorsements: bool, ignore_cert_dates: bool, now: Any = None) -> Any:
     from quotehelper.ratls import FileCollateral, RatlsOptions, RatlsVerifier
@@ -168,16 +177,15 @@ def verify_cmd(cert: Path, now_text: str | None, as_json: bool, **kw: Any) -> No
 @click.option("--once", is_flag=True, help="Serve one connection, then exit with its verdict's exit code.")
 @click.option("--timeout", type=float, default=30.0, show_default=True,
               help="Seconds for the quote, and for each connection's handshake and I/O.")
-def serve_cmd(listen: str, one_way: bool, once: bool, timeout: float, policy_path: Path | None,
-              collateral_path: Path | None, root_ca: Path | None, nonce: bytes | None, no_endorsements: bool,
-              ignore_cert_dates: bool, **making: Any) -> None:
+def serve_cmd(listen: str, one_way: bool, once: bool, timeout: float, **kw: Any) -> None:
     """Attested TLS server: reads one line from each client and answers it, naming the client's enclave."""
     from quotehelper.ratls import RatlsError, tls
 
+    making, verifying = _split(kw)
+    nonce = verifying["nonce"]
     try:
         creds = _credentials(timeout=timeout, **making)
-        verifier = None if one_way else _peer_verifier(policy_path, collateral_path, root_ca, nonce,
-                                                        no_endorsements, ignore_cert_dates)
+        verifier = None if one_way else _peer_verifier(**verifying)
         ctx = tls.server_context(creds, verifier)
         listener = socket.create_server(_address(listen))
     except (QuoteHelperError, OSError) as e:
@@ -210,16 +218,15 @@ def serve_cmd(listen: str, one_way: bool, once: bool, timeout: float, policy_pat
 @click.option("--message", default="hello", show_default=True, help="Line sent once the server is accepted.")
 @click.option("--timeout", type=float, default=30.0, show_default=True,
               help="Seconds for the quote, the connection, the handshake and the reply.")
-def connect_cmd(address: str, one_way: bool, message: str, timeout: float, policy_path: Path | None,
-                collateral_path: Path | None, root_ca: Path | None, nonce: bytes | None, no_endorsements: bool,
-                ignore_cert_dates: bool, **making: Any) -> None:
+def connect_cmd(address: str, one_way: bool, message: str, timeout: float, **kw: Any) -> None:
     """Attested TLS client: judges the server's certificate, then sends --message and prints the reply."""
     from quotehelper.ratls import RatlsCode, RatlsError, tls
 
+    making, verifying = _split(kw)
     try:
         creds = None if one_way else _credentials(timeout=timeout, **making)
-        verifier = _peer_verifier(policy_path, collateral_path, root_ca, nonce, no_endorsements, ignore_cert_dates)
-        with tls.connect(_address(address), tls.client_context(verifier, creds), verifier, nonce=nonce,
+        verifier = _peer_verifier(**verifying)
+        with tls.connect(_address(address), tls.client_context(verifier, creds), verifier, nonce=verifying["nonce"],
                          timeout=timeout) as conn:
             assert conn.peer is not None
             click.echo(f"peer: {conn.peer.summary()}", err=True)

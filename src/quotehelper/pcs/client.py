@@ -195,7 +195,9 @@ class CollateralClient:
             due = [n for n in ITEMS if n not in have or self._due(have[n], now)]
         fresh, failures = await self._fetch_items(due, plan, have, now, deadline)
         warnings = []
-        for name, err in failures.items():
+        # TCB info first: its 404 names the FMSPC, the usual cause (a platform the service does not know)
+        for name, err in sorted(failures.items(), key=lambda kv: ("tcb_info", "qe_identity", "pck_crl",
+                                                                   "root_ca_crl").index(kv[0])):
             if name not in have:
                 raise err
             warnings.append(f"{_WHAT[name]}: refresh failed, using the cached copy ({err.message})")
@@ -280,7 +282,8 @@ class CollateralClient:
                 fresh[name] = res
         # The root CA CRL's distribution point is in the root certificate: known from the quote's PCK
         # chain, or from the TCB-info chain just fetched.
-        if "root_ca_crl" in failures and failures["root_ca_crl"].detail.get("fallback"):
+        fatal = any(n not in have for n in failures if n != "root_ca_crl")  # the fetch fails anyway
+        if "root_ca_crl" in failures and failures["root_ca_crl"].detail.get("fallback") and not fatal:
             root = self._root_cert(plan, fresh, have)
             del failures["root_ca_crl"]
             try:

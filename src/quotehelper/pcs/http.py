@@ -91,7 +91,7 @@ class AiohttpGetter:
         except aiohttp.ClientSSLError as e:
             raise PcsError(PcsCode.TLS_UNTRUSTED, f"TLS handshake with {url} failed: {e}", {"url": url}) from e
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as e:
-            raise _transport(url, f"connection lost while reading the response: {e}") from e
+            raise _transport(url, f"body truncated: connection lost while reading the response ({e})") from e
         except aiohttp.ClientConnectionError as e:
             raise _transport(url, f"cannot connect: {e}") from e
         except TimeoutError as e:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from typing import Any
 
-from quotehelper.errors import QuoteHelperError
+from quotehelper.errors import CodedError
 
 
 class RatlsCode(enum.Enum):
@@ -36,14 +36,10 @@ class RatlsCode(enum.Enum):
     REFUSED_BY_PEER = "REFUSED_BY_PEER"                # the peer ended the connection with a TLS alert
 
 
-class RatlsError(QuoteHelperError):
+class RatlsError(CodedError):
     """A refused certificate or a failed RA-TLS step. `detail` is JSON-serialisable."""
 
-    def __init__(self, code: RatlsCode, message: str, detail: dict[str, Any] | None = None) -> None:
-        self.code = code
-        self.message = message
-        self.detail = dict(detail or {})
-        super().__init__(f"{code.value}: {message}")
+    code: RatlsCode
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code.value, "message": self.message, "detail": self.detail}
+    def __init__(self, code: RatlsCode, message: str, detail: dict[str, Any] | None = None) -> None:
+        super().__init__(code, message, detail)

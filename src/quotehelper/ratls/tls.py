@@ -164,7 +164,15 @@ def _io(conn: SSL.Connection, sock: socket.socket, op: Any, end: float) -> Any:
         select.select(*want, [], remaining)
 
 
-def _handshake(conn: SSL.Connection, sock: socket.socket, state: _State, timeout: float) -> RatlsConnection:
+def _handshake(sock: socket.socket, context: SSL.Context, state: _State, timeout: float, *,
+               server: bool) -> RatlsConnection:
+    _tune(sock)
+    conn = SSL.Connection(context, sock)
+    conn.set_app_data(state)
+    if server:
+        conn.set_accept_state()
+    else:
+        conn.set_connect_state()
     try:
         _io(conn, sock, conn.do_handshake, _deadline(timeout))
     except (SSL.Error, OSError) as e:
@@ -183,13 +191,8 @@ def connect(address: tuple[str, int], context: SSL.Context, peer_verifier: Ratls
             nonce: bytes | None = None, timeout: float = 10.0) -> RatlsConnection:
     """TCP connect + handshake. `peer_verifier` must be the one `context` was made with (it is called
     from the handshake). Raises RatlsError (the peer's refusal code, or HANDSHAKE_FAILED) or OSError."""
-    sock = socket.create_connection(address, timeout=timeout)
-    _tune(sock)
-    conn = SSL.Connection(context, sock)
-    state = _State(peer_verifier, nonce)
-    conn.set_app_data(state)
-    conn.set_connect_state()
-    return _handshake(conn, sock, state, timeout)
+    return _handshake(socket.create_connection(address, timeout=timeout), context, _State(peer_verifier, nonce),
+                      timeout, server=False)
 
 
 def accept(listener: socket.socket, context: SSL.Context, peer_verifier: RatlsVerifier | None = None, *,
@@ -197,9 +200,4 @@ def accept(listener: socket.socket, context: SSL.Context, peer_verifier: RatlsVe
     """Accepts one TCP connection from `listener` (blocking) and runs the server handshake.
     Raises RatlsError as `connect` does; the refused client's socket is closed."""
     sock, _ = listener.accept()
-    _tune(sock)
-    conn = SSL.Connection(context, sock)
-    state = _State(peer_verifier, nonce)
-    conn.set_app_data(state)
-    conn.set_accept_state()
-    return _handshake(conn, sock, state, timeout)
+    return _handshake(sock, context, _State(peer_verifier, nonce), timeout, server=True)

@@ -67,10 +67,11 @@ def load_quote(data: bytes) -> Quote:
 
 def strict_pem_chain(data: bytes, name: str = "pck") -> list[bytes]:
     """DER certificates of a type-5 certification data blob, accepting only the exact form QE3 writes:
-    PEM blocks with '\\n' line ends, canonical base64, '\\n' between blocks, one optional trailing NUL.
-    Anything else is refused, so every changed byte of the chain is detected (PEM decoders ignore
-    some bits and whitespace)."""
-    body = data[:-1] if data.endswith(b"\0") else data
+    PEM blocks with '\\n' line ends, canonical base64, '\\n' between blocks, then zero padding (QE3 writes
+    one NUL; quotes in the field carry more, and zeros after the chain are padding, as dcap-qvl and Intel's
+    QVL read them). Anything else is refused, so every changed byte of the chain is detected (PEM
+    decoders ignore some bits and whitespace)."""
+    body = data.rstrip(b"\0")
 
     def bad(why: str) -> VerificationError:
         return VerificationError(ErrorCode.PCK_CHAIN_MALFORMED, f"{name} certificate chain: {why}", {"chain": name})

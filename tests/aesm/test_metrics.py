@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from quotehelper.aesm import messages_pb2 as pb
 from quotehelper.aesm.framing import encode_frame, recv_frame
 from quotehelper.aesm.launch import ServiceProcess
-from quotehelper.aesm.metrics import QUOTE_BUCKETS, LatencyBuckets, parse_addr
+from quotehelper.aesm.metrics import QUOTE_BUCKETS, LatencyBuckets, parse_addr, top_tenants
 from quotehelper.platform.sim import SimPlatform
 from quotehelper.sgx.structs import DEFAULT_ECDSA_ATT_KEY_ID
 from tests.aesm.conftest import exchange
@@ -152,7 +152,7 @@ def test_requests_results_latency_and_drops(platform: SimPlatform, tmp_path: Pat
     report = platform.enclave().report(engine.target_info(), b"metrics").to_bytes()
     bad_mac = report[:-1] + bytes([report[-1] ^ 1])
     with MetricsService(tmp_path, platform, monkeypatch,
-                        extra=["--queue-limit", "1", "--read-timeout", "0.3"]) as svc:
+                        extra=["--queue-limit", "1", "--read-timeout", "0.3", "--tenant-by", "uid"]) as svc:
         (mp_dir,) = _multiproc_dirs(tmp_path)
         assert stat.S_IMODE(mp_dir.stat().st_mode) == 0o700
         # ServiceProcess waited for one GetSupportedAttKeyIDNum answer: the readiness probe.
@@ -219,7 +219,32 @@ def test_requests_results_latency_and_drops(platform: SimPlatform, tmp_path: Pat
         assert requests(s, "GetQuoteEx", "AESM_BUSY") == busy
         assert requests(s, "GetQuoteEx", "AESM_SUCCESS") == 1 + ok
         assert metric(s, "quotehelper_aesm_quote_seconds_count") == 2 + ok  # busy replies never reach the engine
+
+        # The same, per tenant (this process's uid): every request the responder saw (probe 1, quotes 6,
+        # legacy, select, unparseable, 40 GetQuoteEx), the drops attributed to it.
+        t = f"uid:{os.getuid()}"
+        s = svc.scrape_until(lambda s: metric(s, "quotehelper_aesm_tenant_requests_total", tenant=t) >= 50
+                             and metric(s, "quotehelper_aesm_tenant_dropped_total", tenant=t, reason="busy") >= busy)
+        assert metric(s, "quotehelper_aesm_tenant_requests_total", tenant=t) == 50
+        assert metric(s, "quotehelper_aesm_tenant_dropped_total", tenant=t, reason="busy") == busy
+        assert metric(s, "quotehelper_aesm_tenant_dropped_total", tenant=t, reason="read_deadline") == 1
+        assert metric(s, "quotehelper_aesm_tenant_dropped_total", tenant=t, reason="frame_too_large") == 1
+        assert metric(s, "quotehelper_aesm_tenant_errors_total", tenant=t) == 3 + busy  # 47, 30, unparseable
+        assert metric(s, "quotehelper_aesm_tenant_queue_wait_seconds_count", tenant=t) >= 2 + ok
     assert _multiproc_dirs(tmp_path) == []  # removed on exit
+
+
+def test_tenant_metrics_keep_the_busiest_by_name_and_fold_the_rest() -> None:
+    snaps = [{f"k{i}": {"label": f"ns/p{i}", "requests": i, "errors": 1, "dropped": {"busy": i},
+                        "wait_sum": 0.5, "wait_count": 1} for i in range(1, 13)},
+             {"k12": {"label": "ns/p12", "requests": 100, "errors": 0, "dropped": {"tenant_connection_cap": 2},
+                      "wait_sum": 0.0, "wait_count": 0}}]  # a second worker's view of one tenant
+    top = top_tenants(snaps, 3)
+    assert sorted(top) == ["ns/p10", "ns/p11", "ns/p12", "other"]
+    assert top["ns/p12"]["requests"] == 112 and top["ns/p12"]["dropped"] == {"busy": 12, "tenant_connection_cap": 2}
+    assert top["other"]["requests"] == sum(range(1, 10)) and top["other"]["errors"] == 9
+    assert top["other"]["dropped"] == {"busy": sum(range(1, 10))} and top["other"]["wait_count"] == 9
+    assert sorted(top_tenants(snaps, 0)) == ["other"]
 
 
 def test_killed_worker_counts_kept_once_and_restart_counted(platform: SimPlatform, tmp_path: Path,

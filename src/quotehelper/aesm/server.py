@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 Responder = Callable[[bytes, Tenant], Reply]  # payload, who asks -> reply
 _LEN = struct.Struct("<I")
 REFUSED_LOG_INTERVAL = 10.0  # seconds between log lines about one tenant's refused connections
+HOT_WINDOW = 1.0  # seconds: tenants seen this recently count as competing
+HOT_HOLD = 0.5  # seconds a tenant stays hot after it last dominated a full accept batch
 
 
 # --- responders ---------------------------------------------------------------------------------------
@@ -123,7 +125,8 @@ class AesmServer:
         self._listen: socket.socket | None = None
         self._stopping: asyncio.Event | None = None
         self._sweeper: asyncio.TimerHandle | None = None
-        self._accept_batch = 32  # connections taken per readiness callback, so queued work interleaves
+        self._accept_batch = 64  # connections taken per readiness callback, so queued work interleaves
+        self._seen: dict[Tenant, float] = {}  # tenant -> when it last had a connection accepted
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
     async def start(self) -> None:
@@ -153,6 +156,7 @@ class AesmServer:
         lsock = self._listen
         assert lsock is not None
         taken = 0
+        batch: dict[Tenant, int] = {}
         while taken < limit:
             try:
                 fd, _ = lsock._accept()  # type: ignore[attr-defined]  # fd only: no Python socket wrapper yet
@@ -172,31 +176,54 @@ class AesmServer:
                 self.stats["backlog_drained"] += 1
             # family/type/proto given explicitly: no getsockname/getsockopt syscalls; the fd stays
             # blocking and every recv/send passes MSG_DONTWAIT (saves the fcntl).
-            self._new_connection(_socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd))
+            t = self._new_connection(_socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd))
+            batch[t] = batch.get(t, 0) + 1
+        if batch:
+            self._note_batch(batch, taken >= limit)
         return taken
+
+    def _note_batch(self, batch: dict[Tenant, int], full: bool) -> None:
+        """Marks a tenant hot when it took most of a full accept batch (the backlog still had more) while
+        another tenant was seen within HOT_WINDOW: a hot tenant's cheap calls then wait their turn in the
+        fair queue too, so its connections wait in this process, not in the kernel's FIFO backlog ahead
+        of everyone else's. It cools once its queue is empty and HOT_HOLD has passed."""
+        now = self.loop.time()
+        seen = self._seen
+        for t in batch:
+            seen[t] = now
+            if t.hot and t.hot_until < now and not t.queued:
+                t.hot = False
+        if full:
+            top = max(batch, key=batch.__getitem__)
+            if batch[top] * 2 > sum(batch.values()) and sum(now - ts < HOT_WINDOW for ts in seen.values()) >= 2:
+                top.hot = True
+                top.hot_until = now + HOT_HOLD
+        if len(seen) > 256:
+            for t in [t for t, ts in seen.items() if now - ts >= HOT_WINDOW]:
+                del seen[t]
 
     def _resume_accepting(self) -> None:
         if self._listen is not None and not self._stopping.is_set():  # type: ignore[union-attr]
             self.loop.add_reader(self._listen.fileno(), self._accept_ready)
 
-    def _new_connection(self, sock: _socket.socket) -> None:
+    def _new_connection(self, sock: _socket.socket) -> Tenant:
         tenant = self.tenants.identify(sock)
         if len(self.connections) >= self.max_connections and not self._make_room(tenant):
             self._refuse(sock, tenant, "rejected")
-            return
+            return tenant
         if tenant.conns >= self.tenant_connections:  # this tenant's share of the worker is taken: its loss
             self._refuse(sock, tenant, "tenant_cap")
-            return
+            return tenant
         try:
             data = sock.recv(_RECV_SIZE, _MSG_DONTWAIT)
         except BlockingIOError:  # request not here yet: wait for it
             conn = _Conn(sock, self.loop.time() + self.read_timeout, tenant)
             self._track(conn)
             self._watch(conn, 1)
-            return
+            return tenant
         except OSError:
             sock.close()
-            return
+            return tenant
         # Fast path: the whole request in the first read (the usual case).
         if len(data) >= 4:
             (n,) = _LEN.unpack_from(data)
@@ -206,18 +233,19 @@ class AesmServer:
                 reply = self._respond(data[4: 4 + n], tenant)
                 if reply is None or isinstance(reply, bytes):
                     self._send_and_close(sock, reply, trailing, tenant)
-                    return
+                    return tenant
                 conn = _Conn(sock, self.loop.time() + self.read_timeout, tenant)
                 conn.answered = True
                 conn.trailing = trailing
                 conn.fut = reply
                 self._track(conn)
                 reply.add_done_callback(lambda fut: self._reply_ready(conn, fut))
-                return
+                return tenant
         conn = _Conn(sock, self.loop.time() + self.read_timeout, tenant)
         self._track(conn)
         if self._feed(conn, data):
             self._watch(conn, 1)
+        return tenant
 
     def _refuse(self, sock: _socket.socket, tenant: Tenant, reason: str) -> None:
         self.stats[reason] += 1

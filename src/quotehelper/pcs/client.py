@@ -90,6 +90,7 @@ class _Plan:
     needs: Needs
     keys: dict[str, str]
     urls: dict[str, str] = field(default_factory=dict)
+    getter: Getter | None = None
 
 
 def _http_error(r: Response, what: str) -> PcsError:
@@ -148,17 +149,49 @@ class CollateralClient:
         self._getter = getter
         self._clock = clock
         self._tag = _anchor_tag(self.verifier)
+        self._memo: dict[tuple, Fetched] = {}  # cache rows -> their verified, assembled collateral
 
     # ---- public ------------------------------------------------------------------------------------
     def fetch(self, quote: bytes, *, now: float | None = None) -> Fetched:
-        """Synchronous `fetch_async`. Must not be called from a running event loop."""
-        return asyncio.run(self._fetch_and_close(quote, now))
+        """Synchronous `fetch_async`; thread-safe. A quote whose collateral is all in the cache and not due
+        for a refresh is answered without an event loop (the common case on a node). Must not be called
+        from a running event loop."""
+        now = self._clock() if now is None else now
+        needs = needs_for(quote)
+        if needs.fmspc is not None and self.cache is not None:
+            hit = self._from_cache(needs, now)
+            if hit is not None:
+                return hit
+        return asyncio.run(self._fetch_with_own_getter(quote, now))
 
-    async def _fetch_and_close(self, quote: bytes, now: float | None) -> Fetched:
+    async def _fetch_with_own_getter(self, quote: bytes, now: float) -> Fetched:
+        # One aiohttp session per call: a session belongs to one event loop, and each sync call has its own.
+        getter = self._getter or AiohttpGetter(ca_bundle=self.options.ca_bundle, insecure=self.options.insecure)
         try:
-            return await self.fetch_async(quote, now=now)
+            return await self._fetch(quote, now, getter)
         finally:
-            await self.aclose()
+            if self._getter is None:
+                await getter.close()
+
+    def _from_cache(self, needs: Needs, now: float) -> Fetched | None:
+        assert self.cache is not None
+        keys = self._keys(needs)
+        rows = self.cache.get(keys.values(), now)
+        if len(rows) != len(keys):
+            return None
+        items = {n: rows[k] for n, k in keys.items()}
+        if not self.options.offline and any(self._due(i, now) for i in items.values()):
+            return None
+        memo_key = tuple((i.key, i.fetched_at) for i in items.values())
+        hit = self._memo.get(memo_key)
+        if hit is None:
+            coll, ev = self._check(items, _Plan(needs, keys), now)
+            hit = Fetched(coll, dict.fromkeys(ITEMS, "cache"), {n: items[n].url for n in ITEMS},
+                          needs.fmspc.hex().upper(), needs.ca, ev, verified=needs.tee == "sgx")
+            if len(self._memo) > 64:
+                self._memo.clear()
+            self._memo[memo_key] = hit
+        return hit
 
     async def aclose(self) -> None:
         if self._getter is not None:
@@ -166,22 +199,31 @@ class CollateralClient:
 
     async def fetch_async(self, quote: bytes, *, now: float | None = None) -> Fetched:
         """Raises PcsError with the URL, status and item for every failure; never returns unverified
-        collateral for an SGX quote."""
-        now = self._clock() if now is None else now
-        deadline = time.monotonic() + self.options.timeout_s
-        needs = needs_for(quote)
-        plan = _Plan(needs, {})
-        if needs.fmspc is None:
-            needs = plan.needs = await self._pck_cert(needs, plan, deadline)
-        assert needs.fmspc is not None and needs.ca is not None
+        collateral for an SGX quote. Uses one aiohttp session for the client's life (one event loop)."""
+        if self._getter is None:
+            self._getter = AiohttpGetter(ca_bundle=self.options.ca_bundle, insecure=self.options.insecure)
+        return await self._fetch(quote, self._clock() if now is None else now, self._getter)
+
+    def _keys(self, needs: Needs) -> dict[str, str]:
+        assert needs.fmspc is not None
         opt = self.options
         ev = "-" if opt.tcb_evaluation_data_number is None else str(opt.tcb_evaluation_data_number)
-        plan.keys = {
+        return {
             "pck_crl": f"pck_crl/{needs.ca}@{self._tag}",
             "tcb_info": f"tcb_info/{needs.tee}/{needs.fmspc.hex().upper()}/{opt.update}/{ev}@{self._tag}",
             "qe_identity": f"qe_identity/{needs.tee}/{opt.update}/{ev}@{self._tag}",
             "root_ca_crl": f"root_ca_crl@{self._tag}",
         }
+
+    async def _fetch(self, quote: bytes, now: float, getter: Getter) -> Fetched:
+        deadline = time.monotonic() + self.options.timeout_s
+        needs = needs_for(quote)
+        plan = _Plan(needs, {}, getter=getter)
+        opt = self.options
+        if needs.fmspc is None:
+            needs = plan.needs = await self._pck_cert(needs, plan, deadline)
+        assert needs.fmspc is not None and needs.ca is not None
+        plan.keys = self._keys(needs)
         cached = self.cache.get(plan.keys.values(), now) if self.cache else {}
         have = {name: cached[k] for name, k in plan.keys.items() if k in cached}
         if opt.offline:
@@ -225,10 +267,10 @@ class CollateralClient:
         o = self.options
         return now - item.fetched_at >= o.refresh_after_s or item.not_after - now <= o.refresh_margin_s
 
-    async def _get(self, url: str, what: str, deadline: float, headers: Mapping[str, str] | None = None) -> Response:
-        if self._getter is None:
-            self._getter = AiohttpGetter(ca_bundle=self.options.ca_bundle, insecure=self.options.insecure)
-        r = await get_with_retry(self._getter, url, what=what, deadline=deadline, headers=headers)
+    async def _get(self, plan: _Plan, url: str, what: str, deadline: float,
+                   headers: Mapping[str, str] | None = None) -> Response:
+        assert plan.getter is not None
+        r = await get_with_retry(plan.getter, url, what=what, deadline=deadline, headers=headers)
         if not 200 <= r.status < 300:
             raise _http_error(r, what)
         return r
@@ -245,7 +287,7 @@ class CollateralClient:
                                      encrypted_ppid=p.ppid if len(p.ppid) == 384 else None, qeid=needs.qe_id)
         plan.urls["pck_cert"] = url
         headers = {"Ocp-Apim-Subscription-Key": self.options.api_key} if self.options.api_key else {}
-        r = await self._get(url, "PCK certificate for this platform", deadline, headers)
+        r = await self._get(plan, url, "PCK certificate for this platform", deadline, headers)
         leaf = r.body.strip()
         chain_hdr = r.header(*_CHAIN_HEADERS["pck_cert"])
         fmspc_hdr, ca_hdr = r.header("SGX-FMSPC"), r.header("SGX-PCK-Certificate-CA-Type")
@@ -301,22 +343,22 @@ class CollateralClient:
                                {"fallback": True})
             url = ep.rootcacrl()
             try:
-                r = await self._get(url, _WHAT[name], deadline)
+                r = await self._get(plan, url, _WHAT[name], deadline)
             except PcsError as e:
                 if e.code in (PcsCode.NOT_FOUND, PcsCode.BAD_REQUEST, PcsCode.HTTP_ERROR):
                     raise PcsError(e.code, e.message, {**e.detail, "fallback": True}) from e
                 raise
             return self._crl_item(name, plan.keys[name], r, now)
         if name == "pck_crl":
-            r = await self._get(ep.pckcrl(n.ca), f"PCK CRL of the {n.ca} CA", deadline)
+            r = await self._get(plan, ep.pckcrl(n.ca), f"PCK CRL of the {n.ca} CA", deadline)
             return self._crl_item(name, plan.keys[name], r, now)
         if name == "tcb_info":
             what = f"TCB info for FMSPC {n.fmspc.hex().upper()}"
             url = ep.tcb(n.tee, n.fmspc, o.update, o.tcb_evaluation_data_number)
-            r = await self._get(url, what, deadline)
+            r = await self._get(plan, url, what, deadline)
             return self._json_item(name, plan.keys[name], r, "tcbInfo", what, now)
         url = ep.qe_identity(n.tee, o.update, o.tcb_evaluation_data_number)
-        r = await self._get(url, "QE identity", deadline)
+        r = await self._get(plan, url, "QE identity", deadline)
         return self._json_item(name, plan.keys[name], r, "enclaveIdentity", "QE identity", now)
 
     def _chain(self, name: str, r: Response, what: str) -> bytes:
@@ -360,7 +402,7 @@ class CollateralClient:
         except (x509.ExtensionNotFound, StopIteration) as e:
             raise PcsError(PcsCode.BAD_RESPONSE, "the root certificate names no CRL distribution point, and the "
                            "service has no rootcacrl route") from e
-        r = await self._get(url, "root CA CRL (from the root's CRL distribution point)", deadline)
+        r = await self._get(plan, url, "root CA CRL (from the root's CRL distribution point)", deadline)
         return self._crl_item("root_ca_crl", plan.keys["root_ca_crl"], r, now)
 
     def _check(self, items: dict[str, Item], plan: _Plan, now: float) -> tuple[Collateral, int | None]:

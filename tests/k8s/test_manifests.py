@@ -29,8 +29,10 @@ from quotehelper.k8s import mutate
 K8S_VERSIONS = ("1.30.0", "1.37.0")  # the README's oldest (the webhook's matchConditions) and newest
 K8S_VERSION = K8S_VERSIONS[-1]
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-OVERLAYS = ("production", "simulate", "azure-legacy", "aks", "aks-azure-quote-helper")
-WITH_QUOTE_SERVICE = ("production", "simulate", "azure-legacy", "aks")
+OVERLAYS = ("production", "simulate", "azure-legacy", "aks", "aks-azure-quote-helper", "intel-plugin")
+WITH_QUOTE_SERVICE = ("production", "simulate", "azure-legacy", "aks", "intel-plugin")
+# Overlays for nodes whose Intel-style SGX device plugin is someone else's (the AKS add-on's, Intel's).
+EXTERNAL_PLUGIN = ("aks", "aks-azure-quote-helper", "intel-plugin")
 SAMPLES = tuple(sorted(f"samples/{k.parent.name}" for k in DEPLOY.glob("samples/*/kustomization.yaml")))
 # Samples that still hard-code their image instead of including deploy/image (reported, not ours to edit).
 IMAGE_NOT_YET_FOLLOWED = {"samples/attested-tls"}
@@ -40,7 +42,7 @@ WORKLOADS = ("DaemonSet", "Deployment", "Job", "StatefulSet", "ReplicaSet", "Cro
 # a node replaced or added by the cloud carries them with no one labelling it.
 AUTOMATIC_NODE_LABELS = {"kubernetes.io/os", "kubernetes.io/arch", "node.kubernetes.io/instance-type",
                          "intel.feature.node.kubernetes.io/sgx", "sgx.intel.com/capable"}
-AKS_ADDON_RESOURCES = {"sgx.intel.com/epc", "sgx.intel.com/enclave", "sgx.intel.com/provision"}
+INTEL_STYLE_RESOURCES = {"sgx.intel.com/epc", "sgx.intel.com/enclave", "sgx.intel.com/provision"}
 
 
 def kubectl() -> str:
@@ -274,6 +276,7 @@ SELECTS = {
     "simulate": set(NODES),
     "azure-legacy": {"AKS DCsv3", "AKS DCsv2"},
     "aks": {"AKS DCsv3", "AKS DCsv2"},
+    "intel-plugin": {"SGX node, NFD", "SGX node, sgx-epchook"},
 }
 
 
@@ -290,8 +293,10 @@ def test_node_selection_survives_node_replacement(rendered, name):
         assert picked == SELECTS[name], (name, d["metadata"]["name"], picked)
 
 
-def test_aks_overlay_leaves_the_add_ons_resources_to_it(rendered):
-    for name in ("aks", "aks-azure-quote-helper"):
+def test_external_plugin_overlays_leave_the_sgx_resources_to_it(rendered):
+    """aks (the confcom add-on's sgx-plugin) and intel-plugin (Intel's): nothing of ours registers a
+    resource that plugin serves, and the webhook never renames sgx.intel.com/epc."""
+    for name in EXTERNAL_PLUGIN:
         docs = rendered[name]
         # No device plugin of ours: nothing registers a resource the add-on's sgx-plugin already serves.
         assert not [argv for _, argv in quotehelper_invocations(docs) if argv[0] == "device-plugin"]
@@ -299,10 +304,9 @@ def test_aks_overlay_leaves_the_add_ons_resources_to_it(rendered):
         args = pod_spec(by(docs, "Deployment", "webhook"))["containers"][0]["args"]
         cfg = webhook_config(args)
         assert cfg.epc_resource == "sgx.intel.com/epc" and cfg.socket_delivery == "hostPath" and cfg.enclave_resource
-    ds = by(rendered["aks"], "DaemonSet", "quote-helper")
-    (c,) = pod_spec(ds)["containers"]
-    extended = {k for k in c["resources"]["limits"] if "/" in k}
-    assert extended == AKS_ADDON_RESOURCES
+    for name in ("aks", "intel-plugin"):
+        (c,) = pod_spec(by(rendered[name], "DaemonSet", "quote-helper"))["containers"]
+        assert {k for k in c["resources"]["limits"] if "/" in k} == INTEL_STYLE_RESOURCES
     assert not [d for d in rendered["aks-azure-quote-helper"] if d["kind"] == "DaemonSet"]  # AKS's serves
 
 
@@ -417,7 +421,7 @@ def test_quote_helper_daemonset(rendered, name):
     limits = c["resources"]["limits"]
     if name == "azure-legacy":
         assert limits.get("kubernetes.azure.com/sgx_epc_mem_in_MiB") == "1" and "sgx.intel.com/enclave" not in limits
-    elif name == "aks":
+    elif name in EXTERNAL_PLUGIN:
         assert limits["sgx.intel.com/epc"] == "1Mi" and limits["sgx.intel.com/enclave"] == "1"
     else:
         assert limits["sgx.intel.com/enclave"] == "1" and limits["sgx.intel.com/provision"] == "1"
@@ -441,7 +445,7 @@ def test_device_plugin_per_overlay(rendered):
     assert "CharDevice" not in {v["hostPath"].get("type") for v in sim["volumes"]}  # runs without SGX
     assert {m["mountPath"] for m in sim["containers"][0]["volumeMounts"]} == {
         "/var/lib/kubelet/device-plugins", "/var/lib/quotehelper"}
-    for name in ("azure-legacy", "aks", "aks-azure-quote-helper"):  # the cluster's own plugin serves
+    for name in ("azure-legacy", *EXTERNAL_PLUGIN):  # the cluster's own plugin serves
         assert not [d for d in rendered[name] if d["kind"] == "DaemonSet" and d["metadata"]["name"] == "device-plugin"]
 
 
@@ -478,7 +482,7 @@ def test_webhook_cannot_block_unrelated_workloads(rendered, name):
     assert {s["name"] for s in by(docs, "RoleBinding", "webhook-tls")["subjects"]} == {spec["serviceAccountName"]}
 
 
-@pytest.mark.parametrize("overlay", ["simulate", "azure-legacy", "aks"])
+@pytest.mark.parametrize("overlay", ["simulate", "azure-legacy", "aks", "intel-plugin"])
 def test_sample_job_admitted_through_the_webhook_is_a_valid_baseline_pod(rendered, overlay):
     """The sample Job's pod, mutated as the overlay's webhook would, has no hostPath (Pod Security
     baseline) unless the overlay delivers the socket by hostPath, and asks for what the nodes serve."""
@@ -498,6 +502,6 @@ def test_sample_job_admitted_through_the_webhook_is_a_valid_baseline_pod(rendere
         assert not host_paths and limits["sgx.intel.com/enclave"] == "1"
     elif overlay == "azure-legacy":
         assert host_paths and "sgx.intel.com/enclave" not in limits
-    else:  # aks: the add-on's resource names only (the sample's legacy MiB request is translated into them)
-        assert host_paths and {k for k in limits if "/" in k} <= AKS_ADDON_RESOURCES
+    else:  # the plugin's resource names only (the sample's legacy MiB request is translated into them)
+        assert host_paths and {k for k in limits if "/" in k} <= INTEL_STYLE_RESOURCES
         assert limits["sgx.intel.com/epc"] == "10Mi" and limits["sgx.intel.com/enclave"] == "1"

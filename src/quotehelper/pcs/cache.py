@@ -81,6 +81,17 @@ class CollateralCache:
             raise PcsError(PcsCode.BAD_OPTION, f"collateral cache {self.path}: {e}", {"cache": str(self.path)}) from e
         return {r[0]: Item(*r) for r in rows if now < r[5]}
 
+    def versions(self, keys: Iterable[str], now: float) -> dict[str, tuple[float, float]]:
+        """(fetched_at, not_after) of the valid items among `keys`, without reading their bodies: enough
+        to tell whether an already assembled bundle is still current."""
+        keys = list(keys)
+        q = f"SELECT key, fetched_at, not_after FROM items WHERE key IN ({','.join('?' * len(keys))})"
+        try:
+            rows = self._conn().execute(q, keys).fetchall()
+        except sqlite3.Error as e:
+            raise PcsError(PcsCode.BAD_OPTION, f"collateral cache {self.path}: {e}", {"cache": str(self.path)}) from e
+        return {r[0]: (r[1], r[2]) for r in rows if now < r[2]}
+
     def put(self, items: Iterable[Item]) -> None:
         """Stores verified items in one transaction (replacing older versions)."""
         rows = [(i.key, i.body, i.chain, i.url, i.fetched_at, i.not_after) for i in items]

@@ -176,15 +176,19 @@ class CollateralClient:
     def _from_cache(self, needs: Needs, now: float) -> Fetched | None:
         assert self.cache is not None
         keys = self._keys(needs)
-        rows = self.cache.get(keys.values(), now)
-        if len(rows) != len(keys):
+        versions = self.cache.versions(keys.values(), now)  # metadata only: the bodies are read on a miss
+        if len(versions) != len(keys):
             return None
-        items = {n: rows[k] for n, k in keys.items()}
-        if not self.options.offline and any(self._due(i, now) for i in items.values()):
+        if not self.options.offline and any(self._due_at(*versions[k], now) for k in keys.values()):
             return None
-        memo_key = tuple((i.key, i.fetched_at) for i in items.values())
+        memo_key = tuple((k, versions[k][0]) for k in keys.values())
         hit = self._memo.get(memo_key)
         if hit is None:
+            rows = self.cache.get(keys.values(), now)
+            if len(rows) != len(keys):
+                return None
+            items = {n: rows[k] for n, k in keys.items()}
+            memo_key = tuple((i.key, i.fetched_at) for i in items.values())
             coll, ev = self._check(items, _Plan(needs, keys), now)
             hit = Fetched(coll, dict.fromkeys(ITEMS, "cache"), {n: items[n].url for n in ITEMS},
                           needs.fmspc.hex().upper(), needs.ca, ev, verified=needs.tee == "sgx")
@@ -264,8 +268,11 @@ class CollateralClient:
 
     # ---- steps -------------------------------------------------------------------------------------
     def _due(self, item: Item, now: float) -> bool:
+        return self._due_at(item.fetched_at, item.not_after, now)
+
+    def _due_at(self, fetched_at: float, not_after: float, now: float) -> bool:
         o = self.options
-        return now - item.fetched_at >= o.refresh_after_s or item.not_after - now <= o.refresh_margin_s
+        return now - fetched_at >= o.refresh_after_s or not_after - now <= o.refresh_margin_s
 
     async def _get(self, plan: _Plan, url: str, what: str, deadline: float,
                    headers: Mapping[str, str] | None = None) -> Response:

@@ -60,8 +60,38 @@ def _from_leaf(leaf_pem: bytes) -> tuple[bytes, str]:
     return pck.fmspc, ca_type_of(str(cn[0].value) if cn else "")
 
 
+_MEMO: dict[bytes, Needs] = {}
+
+
+def _v3_cert_data(quote: bytes) -> bytes | None:
+    """The certification data of an SGX v3 quote by offset (header 48, body 384, signature data: ISV
+    signature 64, attestation key 64, QE report 384 + signature 64, auth data u16 + n), without parsing."""
+    if len(quote) < 1020 or quote[0:2] != b"\x03\x00":
+        return None
+    off = 1014 + int.from_bytes(quote[1012:1014], "little")
+    size = int.from_bytes(quote[off + 2:off + 6], "little")
+    end = off + 6 + size
+    return quote[off:end] if end <= len(quote) else None
+
+
 def needs_for(quote: bytes) -> Needs:
-    """Raises PcsError(UNSUPPORTED_QUOTE) for bytes that are not a quote or carry no usable certification data."""
+    """Raises PcsError(UNSUPPORTED_QUOTE) for bytes that are not a quote or carry no usable certification data.
+    Memoised by the certification data of v3 quotes (the same for every quote of a platform): a quote
+    whose other bytes are damaged still gets its platform's needs, and is refused by the verifier."""
+    cd = _v3_cert_data(quote)
+    if cd is not None:
+        hit = _MEMO.get(cd)
+        if hit is not None:
+            return hit
+    needs = _needs_for(quote)
+    if cd is not None:
+        if len(_MEMO) > 1024:
+            _MEMO.clear()
+        _MEMO[cd] = needs
+    return needs
+
+
+def _needs_for(quote: bytes) -> Needs:
     try:
         q = parse_quote(quote, allow_trailing=True)
         cd: CertificationData = q.certification_data

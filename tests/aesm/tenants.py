@@ -314,26 +314,14 @@ def pod_cgroups() -> Iterator[PodCgroups]:
 
 def quote_frames(platform: Any) -> list[bytes]:
     """The three requests libsgx_quote_ex sends for one quote (InitQuoteEx, GetQuoteSizeEx, GetQuoteEx),
-    for a report made on `platform` (a SimPlatform), timeout 15000 as it sets it."""
-    from quotehelper.aesm import messages_pb2 as pb
+    for a report made on `platform` (a SimPlatform)."""
+    from quotehelper.aesm.client import get_quote_ex_request, get_quote_size_ex_request, init_quote_ex_request
     from quotehelper.aesm.framing import encode_frame
-    from quotehelper.sgx.structs import DEFAULT_ECDSA_ATT_KEY_ID
+    from quotehelper.sgx.structs import DEFAULT_ECDSA_ATT_KEY_ID as KID
 
-    kid = DEFAULT_ECDSA_ATT_KEY_ID.to_bytes()
     eng = platform.engine()
-    eng.init_quote(DEFAULT_ECDSA_ATT_KEY_ID)
-    report = platform.enclave().report(eng.target_info(), b"tenant").to_bytes()
-    init = pb.Request()
-    init.initQuoteExReq.att_key_id = kid
-    init.initQuoteExReq.b_pub_key_id = True
-    init.initQuoteExReq.buf_size = 32
-    init.initQuoteExReq.timeout = 15000
-    size = pb.Request()
-    size.getQuoteSizeExReq.att_key_id = kid
-    size.getQuoteSizeExReq.timeout = 15000
-    quote = pb.Request()
-    quote.getQuoteExReq.report = report
-    quote.getQuoteExReq.att_key_id = kid
-    quote.getQuoteExReq.buf_size = eng.quote_size(DEFAULT_ECDSA_ATT_KEY_ID)
-    quote.getQuoteExReq.timeout = 15000
-    return [encode_frame(r.SerializeToString()) for r in (init, size, quote)]
+    eng.init_quote(KID)
+    report = platform.enclave().report(eng.target_info(), b"tenant")
+    reqs = (init_quote_ex_request(KID, 32), get_quote_size_ex_request(KID),
+            get_quote_ex_request(report, eng.quote_size(KID), KID))
+    return [encode_frame(r.SerializeToString()) for r in reqs]

@@ -196,14 +196,7 @@ class AesmClient:
 
         pub_key_id_size None is the probe (no pub-key-id buffer); otherwise the buffer size (32).
         """
-        req = pb.Request()
-        sub = req.initQuoteExReq
-        sub.att_key_id = _key_bytes(att_key_id)
-        sub.b_pub_key_id = pub_key_id_size is not None
-        if pub_key_id_size:
-            sub.buf_size = pub_key_id_size
-        sub.timeout = IPC_TIMEOUT_MS
-        r = self._call("init_quote_ex", req, timeout)
+        r = self._call("init_quote_ex", init_quote_ex_request(att_key_id, pub_key_id_size), timeout)
         ti = r.target_info  # type: ignore[attr-defined]
         if len(ti) > TARGET_INFO_SIZE:
             raise SgxError("init_quote_ex", SgxStatus.ERROR_UNEXPECTED, detail="target_info too long")
@@ -215,10 +208,8 @@ class AesmClient:
 
     def get_quote_size_ex(self, att_key_id: AttKeyId | bytes = DEFAULT_ECDSA_ATT_KEY_ID,
                           timeout: float | None = None) -> int:
-        req = pb.Request()
-        req.getQuoteSizeExReq.att_key_id = _key_bytes(att_key_id)
-        req.getQuoteSizeExReq.timeout = IPC_TIMEOUT_MS
-        return self._call("get_quote_size_ex", req, timeout).quote_size  # type: ignore[attr-defined]
+        return self._call("get_quote_size_ex", get_quote_size_ex_request(att_key_id),
+                          timeout).quote_size  # type: ignore[attr-defined]
 
     def get_quote_ex(self, report: bytes | Report, buf_size: int,
                      att_key_id: AttKeyId | bytes = DEFAULT_ECDSA_ATT_KEY_ID,
@@ -229,20 +220,47 @@ class AesmClient:
             raise SgxError("get_quote_ex", SgxStatus.ERROR_INVALID_PARAMETER, detail="buf_size must be > 0")
         if qe_report_info is not None and len(qe_report_info) != QE_REPORT_INFO_SIZE:
             raise SgxError("get_quote_ex", SgxStatus.ERROR_INVALID_PARAMETER, detail="qe_report_info is 960 bytes")
-        req = pb.Request()
-        sub = req.getQuoteExReq
-        sub.report = report.to_bytes() if isinstance(report, Report) else bytes(report)
-        sub.att_key_id = _key_bytes(att_key_id)
-        if qe_report_info is not None:
-            sub.qe_report_info = qe_report_info
-        sub.buf_size = buf_size
-        sub.timeout = IPC_TIMEOUT_MS
-        r = self._call("get_quote_ex", req, timeout)
+        r = self._call("get_quote_ex", get_quote_ex_request(report, buf_size, att_key_id, qe_report_info), timeout)
         quote = r.quote  # type: ignore[attr-defined]
         if len(quote) > buf_size:
             raise SgxError("get_quote_ex", SgxStatus.ERROR_UNEXPECTED, detail="quote longer than buffer")
         qri = r.qe_report_info if r.HasField("qe_report_info") else None  # type: ignore[attr-defined]
         return quote + bytes(buf_size - len(quote)), qri
+
+
+def init_quote_ex_request(att_key_id: AttKeyId | bytes = DEFAULT_ECDSA_ATT_KEY_ID,
+                          pub_key_id_size: int | None = None) -> pb.Request:
+    """InitQuoteEx as libsgx_quote_ex sends it (pub_key_id_size None: the probe, no pub-key-id buffer)."""
+    req = pb.Request()
+    sub = req.initQuoteExReq
+    sub.att_key_id = _key_bytes(att_key_id)
+    sub.b_pub_key_id = pub_key_id_size is not None
+    if pub_key_id_size:
+        sub.buf_size = pub_key_id_size
+    sub.timeout = IPC_TIMEOUT_MS
+    return req
+
+
+def get_quote_size_ex_request(att_key_id: AttKeyId | bytes = DEFAULT_ECDSA_ATT_KEY_ID) -> pb.Request:
+    req = pb.Request()
+    req.getQuoteSizeExReq.att_key_id = _key_bytes(att_key_id)
+    req.getQuoteSizeExReq.timeout = IPC_TIMEOUT_MS
+    return req
+
+
+def get_quote_ex_request(report: bytes | Report, buf_size: int,
+                         att_key_id: AttKeyId | bytes = DEFAULT_ECDSA_ATT_KEY_ID,
+                         qe_report_info: bytes | None = None) -> pb.Request:
+    """GetQuoteEx as libsgx_quote_ex sends it: the 432-byte REPORT, the quote buffer size in bytes."""
+    req = pb.Request()
+    sub = req.getQuoteExReq
+    sub.report = report.to_bytes() if isinstance(report, Report) else bytes(report)
+    sub.att_key_id = _key_bytes(att_key_id)
+    if qe_report_info is not None:
+        sub.qe_report_info = qe_report_info
+    sub.buf_size = buf_size
+    sub.timeout = IPC_TIMEOUT_MS
+    return req
 
 
 # --- high level: the provider an application uses -----------------------------------------------------

@@ -191,11 +191,13 @@ class AesmServer:
         seen = self._seen
         for t in batch:
             seen[t] = now
-            if t.hot and t.hot_until < now and not t.queued:
+        competing = sum(now - ts < HOT_WINDOW for ts in seen.values()) >= 2
+        for t in batch:
+            if t.hot and (not competing or (t.hot_until < now and not t.queued)):
                 t.hot = False
-        if full:
+        if full and competing:
             top = max(batch, key=batch.__getitem__)
-            if batch[top] * 2 > sum(batch.values()) and sum(now - ts < HOT_WINDOW for ts in seen.values()) >= 2:
+            if batch[top] * 2 > sum(batch.values()):
                 top.hot = True
                 top.hot_until = now + HOT_HOLD
         if len(seen) > 256:

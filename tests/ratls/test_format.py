@@ -84,3 +84,16 @@ def test_endorsements_layout(plat, sim_collateral):
 def _pem_blocks(data: bytes) -> list[bytes]:
     end = b"-----END CERTIFICATE-----"
     return [b + end for b in data.split(end) if b.strip()]
+
+
+def test_the_evidence_quote_verifies_with_dcap_qvl(plat):
+    """Independent of our verifier too: the quote cbor2 pulls out of our certificate passes dcap-qvl
+    against the software platform's root (the report data, read by offset, binds the claims)."""
+    dcap_qvl = pytest.importorskip("dcap_qvl")
+    import time
+
+    p = independent_parts(make_certificate(platform_quoter(plat), nonce=b"n").cert_der)
+    coll = dcap_qvl.QuoteCollateralV3.from_json(plat.collateral().to_dcap_qvl_json())
+    result = dcap_qvl.verify_with_root_ca(p["quote"], coll, plat.root_ca_der(), int(time.time()))
+    assert result.status == "UpToDate"
+    assert report_data(p["quote"]) == hashlib.sha256(p["claims"]).digest() + bytes(32)

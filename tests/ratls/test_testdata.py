@@ -11,7 +11,15 @@ import pytest
 from quotehelper.ratls import FileCollateral, RatlsCode, RatlsOptions, RatlsVerifier
 from quotehelper.ratls.formats import parse_certificate
 from quotehelper.verify import Policy, Verifier, VerifyOptions
-from tests.ratls.helpers import CERTS, COLLATERAL_00606A, NOW_00606A, der_of, flip, independent_parts
+from tests.ratls.helpers import (
+    CERTS,
+    COLLATERAL_00606A,
+    NOW_00606A,
+    RATLS_DATA,
+    der_of,
+    flip,
+    independent_parts,
+)
 
 LENIENT = Policy(accepted_tcb_statuses=("UpToDate", "OutOfDate"), allow_debug=True)
 VERIFIABLE = ("gramine", "rats-tls")
@@ -104,3 +112,15 @@ def test_certificate_dates_are_checked_by_default():
     result = RatlsVerifier(RatlsOptions(policy=LENIENT), collateral=FileCollateral(COLLATERAL_00606A)).verify(
         der_of("rats-tls"), now=NOW_00606A)
     assert result.code == "CERT_EXPIRED"
+
+
+@pytest.mark.parametrize("name", list(CERTS))
+def test_openssl_hands_the_verify_callback_the_exact_bytes(name):
+    """The TLS path: OpenSSL (which, unlike `cryptography`, loads Gramine's NULL-parameter signature
+    algorithm) gives the verify callback the certificate byte for byte, so the bindings hash the
+    same SubjectPublicKeyInfo."""
+    from OpenSSL import crypto
+
+    pem_text = (RATLS_DATA / CERTS[name][0]).read_bytes()
+    der = crypto.dump_certificate(crypto.FILETYPE_ASN1, crypto.load_certificate(crypto.FILETYPE_PEM, pem_text))
+    assert der == der_of(name)

@@ -178,7 +178,7 @@ def verify_cmd(cert: Path, now_text: str | None, as_json: bool, **kw: Any) -> No
 @click.option("--timeout", type=float, default=30.0, show_default=True,
               help="Seconds for the quote, and for each connection's handshake and I/O.")
 def serve_cmd(listen: str, one_way: bool, once: bool, timeout: float, **kw: Any) -> None:
-    """Attested TLS server: reads one line from each client and answers it, naming the client's enclave."""
+    """Attested TLS server: reads one line from each client and answers it (one connection at a time)."""
     from quotehelper.ratls import RatlsError, tls
 
     making, verifying = _split(kw)

@@ -6,8 +6,9 @@ then fails the handshake: mutual RA-TLS is impossible on `ssl`. pyOpenSSL's `set
 runs our `RatlsVerifier` on the peer's certificate *inside* the handshake: a refused peer gets a TLS
 alert and the handshake never completes, so no application data can be sent to it (nor read from it).
 The TLS key-possession proof (CertificateVerify) is OpenSSL's; the certificate's key binding, quote
-and policy are ours. Session resumption and tickets are off: every connection is a full handshake
-whose peer certificate is judged again.
+and policy are ours; there is no hostname check (the peer's identity is its enclave, which the policy
+names). Session resumption and tickets are off: every connection is a full handshake whose peer
+certificate is judged again.
 
 Sockets are driven non-blocking with select(), so every call has a deadline (pyOpenSSL does not
 honour socket timeouts).

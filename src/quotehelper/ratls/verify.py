@@ -156,6 +156,8 @@ class _Static:
     found: tuple[_Found, ...] | None
     error: RatlsError | None          # a binding/format failure, raised on every use
     signature_error: RatlsError | None  # raised only after the quote checks (see _verify)
+    # Decoded once: the same Collateral object keeps its content hash, so the Verifier's cache hits.
+    endorsements: Collateral | RatlsError | None = None
 
 
 def _fresh(e: RatlsError) -> RatlsError:
@@ -169,11 +171,17 @@ def _static(der: bytes, accept_legacy_only: bool) -> _Static:
         found = tuple(_evidence(pc, accept_legacy_only))
     except RatlsError as e:
         return _Static(pc, None, e, None)
+    endorsements: Collateral | RatlsError | None = None
+    if "dice-endorsements" in pc.extensions:
+        try:
+            endorsements = f.decode_endorsements(pc.extensions["dice-endorsements"][1])
+        except RatlsError as e:
+            endorsements = e
     try:
         _check_self_signature(pc)
     except RatlsError as e:
-        return _Static(pc, found, None, e)
-    return _Static(pc, found, None, None)
+        return _Static(pc, found, None, e, endorsements)
+    return _Static(pc, found, None, None, endorsements)
 
 
 class RatlsVerifier:
@@ -225,7 +233,7 @@ class RatlsVerifier:
             if claims.nonce != nonce:
                 raise RatlsError(RatlsCode.NONCE_MISMATCH, "the certificate's nonce is not the expected one "
                                  "(a replayed certificate?)", {"got": claims.nonce.hex(), "expected": nonce.hex()})
-        coll, facts["collateral_from"] = self._collateral(pc, found[0].quote)
+        coll, facts["collateral_from"] = self._collateral(st, found[0].quote)
         verdict: Verdict | None = None
         for quote in dict.fromkeys(x.quote for x in found):  # distinct quotes, in order
             v = self.verifier.verify(quote, coll, now=now, policy=opts.policy)
@@ -246,10 +254,11 @@ class RatlsVerifier:
             raise _fresh(st.signature_error)
         return PeerVerdict(**facts)
 
-    def _collateral(self, pc: f.ParsedCert, quote: bytes) -> tuple[Collateral, str]:
-        ext = pc.extensions.get("dice-endorsements")
-        if ext is not None and self.options.use_endorsements:
-            return f.decode_endorsements(ext[1]), "endorsements"
+    def _collateral(self, st: _Static, quote: bytes) -> tuple[Collateral, str]:
+        if st.endorsements is not None and self.options.use_endorsements:
+            if isinstance(st.endorsements, RatlsError):
+                raise _fresh(st.endorsements)
+            return st.endorsements, "endorsements"
         if self.collateral is not None:
             try:
                 coll = self.collateral(quote)

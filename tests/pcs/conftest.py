@@ -22,8 +22,8 @@ from quotehelper.verify import TrustAnchor, Verifier, VerifyOptions
 class ServerThread:
     """An aiohttp application on 127.0.0.1:<free port>, served from its own thread and loop."""
 
-    def __init__(self, app: web.Application, ssl_context: Any = None) -> None:
-        self.app, self.ssl = app, ssl_context
+    def __init__(self, app: web.Application, ssl_context: Any = None, port: int = 0) -> None:
+        self.app, self.ssl, self.port = app, ssl_context, port
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -35,7 +35,7 @@ class ServerThread:
         asyncio.set_event_loop(self.loop)
         self.runner = web.AppRunner(self.app, access_log=None)
         self.loop.run_until_complete(self.runner.setup())
-        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=self.ssl)
+        site = web.TCPSite(self.runner, "127.0.0.1", self.port, ssl_context=self.ssl)
         self.loop.run_until_complete(site.start())
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"{'https' if self.ssl else 'http'}://127.0.0.1:{port}"

@@ -269,3 +269,28 @@ def test_batch_fetches_once_per_fmspc_and_ca(sim_env, tmp_path) -> None:
     lines = [json.loads(x) for x in r.stdout.splitlines()]
     assert r.exit_code == 0 and len(lines) == 5 and all(x["valid"] for x in lines)
     assert len(sim_env.requests) == 4
+
+
+def test_root_crl_from_the_roots_distribution_point_when_the_service_has_no_rootcacrl(tmp_path) -> None:
+    from quotehelper.pcs.simserver import SimPcsConfig, make_app
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    plat = SimPlatform.create(tmp_path / "p", pcs_url=f"http://127.0.0.1:{port}")  # the CDPs name this server
+    log: list[str] = []
+    from tests.pcs.conftest import counting
+
+    pcs = ServerThread(counting(make_app(SimPcsConfig(plat.pki_dir)), log), port=port)
+    faults = Faults(mode="status", route="/rootcacrl", status=404)  # an Intel-PCS-like service: no such route
+    proxy = ServerThread(fault_proxy(pcs.url, faults))
+    try:
+        from quotehelper.verify import TrustAnchor, Verifier, VerifyOptions
+
+        v = Verifier(VerifyOptions(trusted_roots=(TrustAnchor.from_bytes(plat.root_ca_der()),)))
+        f = CollateralClient(PcsOptions(base_url=proxy.url), verifier=v).fetch(plat.quote(b"cdp"))
+        assert f.urls["root_ca_crl"] == f"http://127.0.0.1:{port}/IntelSGXRootCA.der"
+        assert "/IntelSGXRootCA.der" in log and v.verify(plat.quote(b"cdp"), f.collateral).valid
+    finally:
+        proxy.stop()
+        pcs.stop()

@@ -153,9 +153,11 @@ def _refuse_changes(plat: SimPlatform, **given: Any) -> None:
               help="Which PCK CA issues the platform's PCK certificate.")
 @click.option("--sdk-compatible", is_flag=True,
               help="Use the SGX SDK simulation-mode CPU constants, so SDK simulation-mode enclaves' reports verify.")
+@click.option("--pcs-url", metavar="URL", help="Base URL of the simulated PCS that a new PKI's CRL distribution "
+              "points name [default: http://127.0.0.1:8082, `pcs serve`'s default]; ignored for an existing PKI.")
 @_friendly
 def init_cmd(platform_dir: Path | None, pki_dir: Path | None, tcb_status: str, advisory_ids: tuple[str, ...],
-             fmspc: bytes | None, ca: str, sdk_compatible: bool) -> None:
+             fmspc: bytes | None, ca: str, sdk_compatible: bool, pcs_url: str | None) -> None:
     """Create a simulated platform (and its PKI). An existing platform is kept as it is: running init again
     is harmless, but an option given explicitly that differs from the existing platform (say another
     --tcb-status) is refused (exit 2) instead of silently ignored; use a new --platform directory."""
@@ -165,7 +167,8 @@ def init_cmd(platform_dir: Path | None, pki_dir: Path | None, tcb_status: str, a
         _refuse_changes(SimPlatform.open(target), tcb_status=tcb_status, advisory_ids=advisory_ids, fmspc=fmspc,
                         ca=ca, sdk_compatible=sdk_compatible, pki_dir=pki_dir)
     plat = SimPlatform.create(target, pki_dir=pki_dir, tcb_status=tcb_status, fmspc=fmspc,
-                              sdk_compatible=sdk_compatible, advisory_ids=list(advisory_ids) or None, ca=ca)
+                              sdk_compatible=sdk_compatible, advisory_ids=list(advisory_ids) or None, ca=ca,
+                              pcs_url=pcs_url)
     click.echo(f"{'existing' if existed else 'created'} platform {plat.platform_dir}")
     click.echo(f"  PKI {plat.pki_dir}  FMSPC {plat.fmspc.hex().upper()}  PCK CA {plat.ca}")
     advisories = ", ".join(plat.advisory_ids) or "none"

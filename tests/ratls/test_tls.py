@@ -28,10 +28,12 @@ def listener() -> Iterator[socket.socket]:
 class Server:
     """tls.accept in a thread; records what it received and how the handshake ended."""
 
-    def __init__(self, listener: socket.socket, ctx, verifier, reply: bytes = b"pong\n") -> None:
+    def __init__(self, listener: socket.socket, ctx, verifier, reply: bytes = b"pong\n",
+                 nonce: bytes | None = None) -> None:
         self.received: list[bytes] = []
         self.error: BaseException | None = None
         self.peer = None
+        self.nonce = nonce
         self._args = (listener, ctx, verifier, reply)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -39,7 +41,7 @@ class Server:
     def _run(self) -> None:
         listener, ctx, verifier, reply = self._args
         try:
-            with tls.accept(listener, ctx, verifier, timeout=20) as conn:
+            with tls.accept(listener, ctx, verifier, nonce=self.nonce, timeout=20) as conn:
                 self.peer = conn.peer
                 self.received.append(conn.recv_line())
                 conn.sendall(reply)
@@ -121,6 +123,29 @@ def test_server_refuses_a_client_outside_its_policy_and_sends_it_nothing(listene
     server.join()
     assert isinstance(server.error, RatlsError) and server.error.code.value == "POLICY_REJECTED"
     assert server.received == []  # the server never read the client's bytes
+
+
+def test_a_replayed_client_certificate_is_refused_when_the_server_requires_its_nonce(plat, listener, creds,
+                                                                                    peer_verifier):
+    """Pre-session freshness: the server hands each client a nonce (out of band here) and accepts only
+    a certificate carrying it; the certificate of an earlier session is refused before any data."""
+    s_verifier, c_verifier = peer_verifier(MR_CLIENT, require_nonce=True), peer_verifier(MR_SERVER)
+    ctx = tls.server_context(creds(MR_SERVER), s_verifier)
+    enclave = plat.enclave(mr_enclave=MR_CLIENT)
+    first = make_certificate(platform_quoter(plat, enclave), nonce=b"session-1")
+    for nonce, expect_ok in ((b"session-1", True), (b"session-2", False)):
+        server = Server(listener, ctx, s_verifier, nonce=nonce)
+        try:
+            with tls.connect(_addr(listener), tls.client_context(c_verifier, first), c_verifier) as conn:
+                conn.sendall(b"ping\n")
+                conn.recv_line()
+        except RatlsError:
+            pass
+        server.join()
+        if expect_ok:
+            assert server.error is None and server.received == [b"ping\n"]
+        else:
+            assert server.error.code.value == "NONCE_MISMATCH" and server.received == []
 
 
 # ---- two processes, quotes through the node's quote service ----------------------------------------

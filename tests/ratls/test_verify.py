@@ -129,3 +129,23 @@ def test_a_quoter_that_ignores_the_report_data_is_caught(plat):
     with pytest.raises(RatlsError) as e:
         make_certificate(lambda rd: plat.quote(bytes(64)))
     assert e.value.code is RatlsCode.QUOTE_FAILED
+
+
+@pytest.mark.parametrize("binding", ["oe-pem", "spki"])
+def test_a_lone_intel_legacy_extension_binds_the_key_as_open_enclave_does(plat, peer_verifier, binding):
+    import hashlib
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pub = key.public_key()
+    if binding == "oe-pem":  # mbedtls_pk_write_pubkey_pem output with its NUL, hashed; the rest not compared
+        pem = pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        rd = hashlib.sha256(pem + b"\0").digest() + b"\xee" * 32
+    else:
+        der = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        rd = hashlib.sha256(der).digest() + bytes(32)
+    cert = _self_signed([(f.OID_INTEL_QUOTE, plat.quote(rd), False)], key=key)
+    result = peer_verifier().verify(cert)
+    assert result.ok and result.formats == ("intel-legacy",), result.summary()
+    assert RatlsVerifier(RatlsOptions(accept_legacy_only=False)).verify(cert).code == "EVIDENCE_MISSING"
+    other = _self_signed([(f.OID_INTEL_QUOTE, plat.quote(rd), False)])  # the same quote, another key
+    assert peer_verifier().verify(other).code == "KEY_BINDING_MISMATCH"

@@ -7,8 +7,9 @@ Bindings, per producer:
 - Gramine legacy (1.2.840.113741.1337.6, also in its mis-encoded form): report data =
   SHA-256(SPKI) || 32 zeros.
 - Intel SGX SDK / Open Enclave legacy (1.2.840.113741.1.13.1): the SDK puts the DICE quote there again,
-  so its report data is the claims hash (accepted only beside DICE evidence); alone, report data =
-  SHA-256(SPKI) || 32 zeros.
+  so its report data is the claims hash (accepted only beside DICE evidence); Open Enclave's own
+  certificates bind SHA-256(public key PEM + NUL) in the first 32 bytes; SHA-256(SPKI) || 32 zeros
+  is accepted too.
 Every distinct quote in the certificate is verified, and all must come from the same enclave.
 CA-signed RA-TLS certificates are not chain-checked here (the TLS stack's job); self-signed ones must
 verify with their own key.
@@ -116,12 +117,14 @@ def _evidence(pc: f.ParsedCert, accept_legacy_only: bool) -> list[_Found]:
             found.append(_Found(fmt, quote))
             continue
         rd = _report_data(quote, fmt)
-        # Intel SDK / OE: the claims hash when DICE evidence is beside it; Gramine and lone legacy: the key's.
-        bound = rd == spki256 or (fmt == "intel-legacy" and dice is not None and found
-                                  and rd == f.report_data_for(f.decode_evidence(dice[1])[1]))
+        # Intel SDK beside DICE evidence: the claims hash. Gramine: the key's. Open Enclave alone: the
+        # SHA-256 of the key's PEM with its terminating NUL (only the first 32 bytes are compared there).
+        bound = rd == spki256 or (fmt == "intel-legacy" and (
+            (dice is not None and found and rd == f.report_data_for(f.decode_evidence(dice[1])[1]))
+            or rd[:32] == _oe_pem_hash(pc.spki)))
         if not bound:
             raise RatlsError(RatlsCode.KEY_BINDING_MISMATCH, f"{fmt} quote's report data binds neither the "
-                             "key (SHA-256(SubjectPublicKeyInfo) || zeros) nor the claims", {"format": fmt})
+                             "key nor the claims", {"format": fmt})
         found.append(_Found(fmt, quote))
     if not found:
         raise RatlsError(RatlsCode.EVIDENCE_MISSING, "no RA-TLS evidence extension (2.23.133.5.4.9, "
@@ -129,6 +132,15 @@ def _evidence(pc: f.ParsedCert, accept_legacy_only: bool) -> list[_Found]:
     if dice is None and not accept_legacy_only:
         raise RatlsError(RatlsCode.EVIDENCE_MISSING, "only a legacy extension, and accept_legacy_only is off")
     return found
+
+
+def _oe_pem_hash(spki: bytes) -> bytes | None:
+    try:
+        pem = serialization.load_der_public_key(spki).public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    except (ValueError, UnsupportedAlgorithm):
+        return None  # a key that does not load binds nothing this way
+    return hashlib.sha256(pem + b"\0").digest()
 
 
 def _check_self_signature(pc: f.ParsedCert) -> None:

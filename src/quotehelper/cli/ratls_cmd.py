@@ -17,11 +17,22 @@ from typing import Any
 import click
 
 from quotehelper.cli import main
-from quotehelper.cli.sim_cmd import HexBytes, _enclave, _enclave_options, _platform_option
-from quotehelper.cli.verify_cmd import parse_time
+from quotehelper.cli.common import (
+    EXIT_INPUT,
+    EXIT_OK,
+    EXIT_POLICY,
+    HEX,
+    TIME,
+    json_option,
+    output_option,
+    platform_option,
+    socket_option,
+    timeout_option,
+)
+from quotehelper.cli.sim_cmd import _enclave, _enclave_options
 from quotehelper.errors import QuoteHelperError
 
-EXIT_OK, EXIT_REFUSED, EXIT_INPUT, EXIT_POLICY = 0, 1, 2, 3
+EXIT_REFUSED = 1
 _INPUT_CODES = {"OPTIONS_INVALID", "CERT_MALFORMED", "COLLATERAL_UNAVAILABLE", "ENDORSEMENTS_MALFORMED"}
 
 
@@ -33,16 +44,15 @@ def _exit_code(code: str | None) -> int:
 
 def _making_options(fn: Callable[..., None]) -> Callable[..., None]:
     opts = [
-        _platform_option,
-        click.option("--socket", "socket_path", default=None,
-                     help="Quote through the service on this socket (implies out-of-process; default: the "
-                          "AESM socket when SGX_AESM_ADDR is set, else in-process on --platform)."),
+        platform_option(),
+        socket_option("Quote through the service on this socket (implies out-of-process; default: the AESM "
+                      "socket when SGX_AESM_ADDR is set, else in-process on --platform).", default=None),
         _enclave_options,
         click.option("--curve", type=click.Choice(["P-256", "P-384"]), default="P-256", show_default=True),
         click.option("--legacy", type=click.Choice(["intel", "gramine"]), default=None,
                      help="Also write a legacy extension (intel: the same quote; gramine: a second quote "
                           "over SHA-256(SPKI))."),
-        click.option("--cert-nonce", type=HexBytes(), default=None, help="Nonce claim to put in our certificate (hex)."),
+        click.option("--cert-nonce", type=HEX, default=None, help="Nonce claim to put in our certificate (hex)."),
         click.option("--endorsements", "endorsements_path", type=click.Path(exists=True, path_type=Path),
                      default=None, help="Collateral (dcap-qvl JSON or PCS folder) to staple into our certificate."),
     ]
@@ -60,7 +70,7 @@ def _verifying_options(fn: Callable[..., None]) -> Callable[..., None]:
                      help="Collateral for the peer's quote when its certificate has no endorsements."),
         click.option("--root-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
                      help="Trust this root (DER or PEM) instead of Intel's SGX Root CA."),
-        click.option("--nonce", type=HexBytes(), default=None, help="Require this nonce claim in the peer's certificate."),
+        click.option("--nonce", type=HEX, default=None, help="Require this nonce claim in the peer's certificate."),
         click.option("--no-endorsements", is_flag=True, help="Ignore the peer's endorsements extension."),
         click.option("--ignore-cert-dates", is_flag=True,
                      help="Do not check the certificate's own notBefore/notAfter (old test certificates)."),
@@ -129,30 +139,35 @@ def ratls() -> None:
 
 @ratls.command("cert")
 @_making_options
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Certificate file written (PEM).")
+@output_option("Certificate written (PEM)", required=True)
 @click.option("--key-output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Private key file written (PEM, mode 0600) [default: OUTPUT with suffix .key].")
-@click.option("--timeout", type=float, default=30.0, show_default=True,
-              help="Seconds to keep retrying the quote service (restarting, busy).")
-def cert_cmd(output: Path, key_output: Path | None, **kw: Any) -> None:
+              help="Private key file written (PEM, mode 0600) [default: OUTPUT with suffix .key; needed "
+                   "with -o -].")
+@timeout_option("to keep retrying the quote service (restarting, busy)", 30.0)
+def cert_cmd(output: str, key_output: Path | None, **kw: Any) -> None:
     """A new key and its RA-TLS certificate, quoted by a (simulated) app enclave through the quote provider."""
+    if output == "-" and key_output is None:
+        raise click.UsageError("-o - writes the certificate to stdout: give --key-output for the key")
+    key_path = key_output or Path(output).with_suffix(".key")
     try:
         creds = _credentials(**kw)
-        creds.save(output, key_output or output.with_suffix(".key"))
+        if output == "-":
+            creds.save(os.devnull, key_path)
+            click.echo(creds.cert_pem().decode(), nl=False)
+        else:
+            creds.save(output, key_path)
     except (QuoteHelperError, OSError) as e:
         _fail(e)
-    click.echo(f"wrote {output} and {key_output or output.with_suffix('.key')}", err=True)
+    click.echo(f"wrote {output if output != '-' else 'the certificate to stdout'} and {key_path}", err=True)
 
 
 @ratls.command("verify")
 @click.argument("cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_verifying_options
-@click.option("--now", "now_text", help="Verification time: unix seconds or ISO 8601 (default: now).")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def verify_cmd(cert: Path, now_text: str | None, as_json: bool, **kw: Any) -> None:
+@click.option("--now", type=TIME, default=None, help="Verification time: unix seconds or ISO 8601 (default: now).")
+@json_option
+def verify_cmd(cert: Path, now: Any, as_json: bool, **kw: Any) -> None:
     """Judge an RA-TLS certificate (ours, Gramine's, the Intel SGX SDK's, rats-tls's) against a policy."""
-    now = parse_time(now_text) if now_text else None
     try:
         verifier = _peer_verifier(**kw, now=now)
         result = verifier.verify(cert.read_bytes(), nonce=kw["nonce"], now=now)
@@ -175,8 +190,7 @@ def verify_cmd(cert: Path, now_text: str | None, as_json: bool, **kw: Any) -> No
 @_verifying_options
 @click.option("--one-way", is_flag=True, help="Do not ask clients for an RA-TLS certificate.")
 @click.option("--once", is_flag=True, help="Serve one connection, then exit with its verdict's exit code.")
-@click.option("--timeout", type=float, default=30.0, show_default=True,
-              help="Seconds for the quote, and for each connection's handshake and I/O.")
+@timeout_option("for the quote, and for each connection's handshake and I/O", 30.0)
 def serve_cmd(listen: str, one_way: bool, once: bool, timeout: float, **kw: Any) -> None:
     """Attested TLS server: reads one line from each client and answers it (one connection at a time)."""
     from quotehelper.ratls import RatlsError, tls
@@ -216,8 +230,7 @@ def serve_cmd(listen: str, one_way: bool, once: bool, timeout: float, **kw: Any)
 @_verifying_options
 @click.option("--one-way", is_flag=True, help="Present no certificate (the server must not ask for one).")
 @click.option("--message", default="hello", show_default=True, help="Line sent once the server is accepted.")
-@click.option("--timeout", type=float, default=30.0, show_default=True,
-              help="Seconds for the quote, the connection, the handshake and the reply.")
+@timeout_option("for the quote, the connection, the handshake and the reply", 30.0)
 def connect_cmd(address: str, one_way: bool, message: str, timeout: float, **kw: Any) -> None:
     """Attested TLS client: judges the server's certificate, then sends --message and prints the reply."""
     from quotehelper.ratls import RatlsCode, RatlsError, tls

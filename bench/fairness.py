@@ -43,9 +43,10 @@ def pct(xs: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))] if s else float("nan")
 
 
-def loadgen(binary: str, path: str, frames_file: str, conns: int, seconds: float) -> dict[str, Any]:
+def loadgen(binary: str, path: str, frames_file: str, conns: int, seconds: float, nice: int = 0) -> dict[str, Any]:
     import json
 
+    os.nice(nice)
     out = subprocess.run([binary, path, frames_file, str(conns), str(seconds), "0", "1"],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out)  # type: ignore[no-any-return]
@@ -84,7 +85,7 @@ class Bench:
             if kind == "flood":
                 seconds = 1.0 + n * (self.args.interval + 0.01) + 2.0
                 attacker = spawn(loadgen, str(self.gen.binary), sock, str(self.tmp / f"frame{frame}.bin"), conns,
-                                 seconds, **self.who(FLOOD_UID))
+                                 seconds, self.args.flood_nice, **self.who(FLOOD_UID))
             elif kind == "hold":
                 n = 40
                 attacker = spawn(hold, sock, conns, 1.5 + n * 0.2, **self.who(FLOOD_UID))
@@ -101,12 +102,16 @@ class Bench:
         self.row("polite alone", alone, base, "")
         for conns in (64, 512):
             for frame in (2, 0):
+                if self.args.only and f"{conns}-{call[frame]}" not in self.args.only:
+                    continue
                 r = self.scenario(tenant_by, "flood", conns, frame)
                 a = r["attacker"]
                 rate = a["requests"] / a["elapsed"]
                 busy = a["reply_errors"] / a["elapsed"]
                 self.row(f"flood {conns} conns {call[frame]}", r, base,
                          f"{rate:7.0f} req/s, of which AESM_BUSY {busy:6.0f}/s, io errors {a['io_errors']}")
+        if self.args.only and "hold" not in self.args.only:
+            return
         r = self.scenario(tenant_by, "hold", 3000, 0)
         a = r["attacker"]
         self.row("hold 3000 connections", r, base,
@@ -126,6 +131,10 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=0.02, help="seconds between polite quotes")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--tenant-by", default="pod", help="the service's --tenant-by")
+    ap.add_argument("--flood-nice", type=int, default=0,
+                    help="nice value of the flooding process (standing in for its pod's CPU share on a node)")
+    ap.add_argument("--only", nargs="*", default=[], metavar="SCENARIO",
+                    help="run only these: 64-GetQuoteEx 64-InitQuoteEx 512-GetQuoteEx 512-InitQuoteEx hold")
     ap.add_argument("--compare", action="store_true", help="then run everything again with --tenant-by none")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="qh-fair-") as t:

@@ -123,4 +123,4 @@ def test_options_reject_nonsense() -> None:
     with pytest.raises(ServeOptionsError):
         ServeOptions(tenant_queue_limit=-1)
     o = ServeOptions(deny_uids=[5], max_connections=100)  # type: ignore[arg-type]  # as from JSON
-    assert o.deny_uids == (5,) and o.tenant_connections == 50 and o.tenant_queue == 256
+    assert o.deny_uids == (5,) and o.tenant_connections == 50 and o.tenant_queue == 512

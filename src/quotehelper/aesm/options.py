@@ -37,8 +37,9 @@ class ServeOptions:
     memo: bool = False
     metrics: bool = False  # write prometheus values to $PROMETHEUS_MULTIPROC_DIR (set by the supervisor)
     tenant_by: str = "pod"
-    # One tenant's share of a worker: 0 = half of max_connections / queue_limit, so no tenant can fill any
-    # worker (hence not every worker) and another always finds room.
+    # One tenant's share of a worker (0 = automatic): connections, half of max_connections, so no tenant
+    # fills any worker (hence not every worker) and others always find room; queued engine calls, all of
+    # queue_limit, since a full queue evicts from the tenant with the most queued.
     tenant_max_connections: int = 0
     tenant_queue_limit: int = 0
     allow_uids: tuple[int, ...] = ()  # empty allow lists: everyone not denied is allowed
@@ -74,10 +75,9 @@ class ServeOptions:
 
     @property
     def tenant_queue(self) -> int:
-        """Engine calls one tenant may have queued in one worker."""
-        if self.tenant_by == "none":
-            return self.queue_limit
-        return self.tenant_queue_limit or max(1, self.queue_limit // 2)
+        """Engine calls one tenant may have queued in one worker: by default the whole queue, as a full
+        queue makes room for a tenant with fewer queued (FairQueue.push)."""
+        return self.tenant_queue_limit or self.queue_limit
 
     @property
     def access_control(self) -> bool:

@@ -38,7 +38,6 @@ ANYONE = Tenant("all", "all")  # the tenant of callers that do not say (tests, t
 DENIED_LOG_INTERVAL = 10.0  # seconds between log lines about one denied tenant
 _SUCCESS = "AESM_SUCCESS"
 DRAIN_BUDGET = 0.5e-3  # seconds of engine calls per event-loop iteration before accepts get their turn
-INLINE_COST = 15e-6  # seconds charged for a deferred inline answer (accept + parse + reply, measured ~10-20 us)
 
 
 class AesmResponder:
@@ -74,8 +73,8 @@ class AesmResponder:
         self.quote_latency = LatencyBuckets()
         self._peak_queue = 0
         self._replies: dict[bytes, tuple[bytes, tuple[str, str]]] = {}  # payload -> (frame, counts key)
-        # (engine call or None for a ready answer, future, payload or answer, when queued)
-        self._queue: FairQueue[tuple[EngineCall | None, asyncio.Future[bytes], bytes, float]] = FairQueue(
+        # (engine call, future, payload, perf_counter when queued)
+        self._queue: FairQueue[tuple[EngineCall, asyncio.Future[bytes], bytes, float]] = FairQueue(
             options.queue_limit, options.tenant_queue)
         self._scheduled = False
 
@@ -93,27 +92,19 @@ class AesmResponder:
         tenant.requests += 1
         if tenant.denied:
             return self._deny(payload, tenant)
-        reply = self._answer(payload, tenant)
-        if tenant.hot and isinstance(reply, bytes):
-            # A flooding tenant (server.py marks it): its cheap answer waits for its turn like an engine
-            # call, so its closed loop slows to its share instead of filling the kernel's backlog.
-            fut = self._enqueue(tenant, None, reply)
-            if fut is not None:
-                return fut
-        return reply
+        return self._answer(payload, tenant)
 
-    def _enqueue(self, tenant: Tenant, call: EngineCall | None, data: bytes) -> asyncio.Future[bytes] | None:
-        """Queues an engine call (data: its payload) or a ready inline answer (call None, data: the
-        frame); None when the tenant is refused (over its share)."""
+    def _enqueue(self, tenant: Tenant, call: EngineCall, payload: bytes) -> asyncio.Future[bytes] | None:
+        """Queues an engine call; None when the tenant is refused (over its share)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[bytes] = loop.create_future()
-        admitted, evicted = self._queue.push(tenant, (call, fut, data, perf_counter()))
+        admitted, evicted = self._queue.push(tenant, (call, fut, payload, perf_counter()))
         if not admitted:
             return None
-        if evicted is not None:  # another tenant had more queued: its newest item makes room
-            victim, (vcall, vfut, vdata, _) = evicted
+        if evicted is not None:  # another tenant had more queued: its newest call makes room
+            victim, (vcall, vfut, _, _) = evicted
             if not vfut.done():
-                vfut.set_result(vdata if vcall is None else self._busy(victim, vcall))
+                vfut.set_result(self._busy(victim, vcall))
         depth = len(self._queue)
         if depth > self._peak_queue:
             self._peak_queue = depth
@@ -203,10 +194,6 @@ class AesmResponder:
                 if fut.done():  # the client went away meanwhile
                     continue
                 t0 = perf_counter()
-                if call is None:  # a hot tenant's ready answer: its turn has come
-                    fut.set_result(payload)
-                    queue.charge(tenant, INLINE_COST)
-                    continue
                 tenant.wait_sum += t0 - queued_at
                 tenant.wait_count += 1
                 try:

@@ -47,8 +47,6 @@ log = logging.getLogger(__name__)
 Responder = Callable[[bytes, Tenant], Reply]  # payload, who asks -> reply
 _LEN = struct.Struct("<I")
 REFUSED_LOG_INTERVAL = 10.0  # seconds between log lines about one tenant's refused connections
-HOT_WINDOW = 1.0  # seconds: tenants seen this recently count as competing
-HOT_HOLD = 0.5  # seconds a tenant stays hot after it last dominated a full accept batch
 
 
 # --- responders ---------------------------------------------------------------------------------------
@@ -126,7 +124,6 @@ class AesmServer:
         self._stopping: asyncio.Event | None = None
         self._sweeper: asyncio.TimerHandle | None = None
         self._accept_batch = 64  # connections taken per readiness callback, so queued work interleaves
-        self._seen: dict[Tenant, float] = {}  # tenant -> when it last had a connection accepted
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
     async def start(self) -> None:
@@ -156,7 +153,6 @@ class AesmServer:
         lsock = self._listen
         assert lsock is not None
         taken = 0
-        batch: dict[Tenant, int] = {}
         while taken < limit:
             try:
                 fd, _ = lsock._accept()  # type: ignore[attr-defined]  # fd only: no Python socket wrapper yet
@@ -176,33 +172,9 @@ class AesmServer:
                 self.stats["backlog_drained"] += 1
             # family/type/proto given explicitly: no getsockname/getsockopt syscalls; the fd stays
             # blocking and every recv/send passes MSG_DONTWAIT (saves the fcntl).
-            t = self._new_connection(_socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd))
-            batch[t] = batch.get(t, 0) + 1
-        if batch:
-            self._note_batch(batch, taken >= limit)
+            self._new_connection(_socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd))
         return taken
 
-    def _note_batch(self, batch: dict[Tenant, int], full: bool) -> None:
-        """Marks a tenant hot when it took most of a full accept batch (the backlog still had more) while
-        another tenant was seen within HOT_WINDOW: a hot tenant's cheap calls then wait their turn in the
-        fair queue too, so its connections wait in this process, not in the kernel's FIFO backlog ahead
-        of everyone else's. It cools once its queue is empty and HOT_HOLD has passed."""
-        now = self.loop.time()
-        seen = self._seen
-        for t in batch:
-            seen[t] = now
-        competing = sum(now - ts < HOT_WINDOW for ts in seen.values()) >= 2
-        for t in batch:
-            if t.hot and (not competing or (t.hot_until < now and not t.queued)):
-                t.hot = False
-        if full and competing:
-            top = max(batch, key=batch.__getitem__)
-            if batch[top] * 2 > sum(batch.values()):
-                top.hot = True
-                top.hot_until = now + HOT_HOLD
-        if len(seen) > 256:
-            for t in [t for t, ts in seen.items() if now - ts >= HOT_WINDOW]:
-                del seen[t]
 
     def _resume_accepting(self) -> None:
         if self._listen is not None and not self._stopping.is_set():  # type: ignore[union-attr]

@@ -137,7 +137,7 @@ class Tenant:
 
     __slots__ = ("key", "label", "uid", "gid", "pod_uid", "container_id", "namespace", "pod", "denied",
                  "conns", "queued", "requests", "errors", "busy", "refused", "dropped", "wait_sum",
-                 "wait_count", "last_seen", "log_at", "hot", "hot_until")
+                 "wait_count", "last_seen", "log_at")
 
     def __init__(self, key: str, label: str, uid: int = -1, gid: int = -1, *, pod_uid: str | None = None,
                  container_id: str | None = None, namespace: str | None = None, pod: str | None = None,
@@ -155,8 +155,6 @@ class Tenant:
         self.wait_count = 0
         self.last_seen = 0.0
         self.log_at = 0.0  # when this tenant's last rate-limited log line was written
-        self.hot = False  # flooding while others wait: even its cheap calls go through the fair queue
-        self.hot_until = 0.0
 
     def describe(self) -> str:
         """For log lines: label plus what the kernel said."""

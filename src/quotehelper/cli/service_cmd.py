@@ -75,7 +75,7 @@ def _tenant_options(f: Callable) -> Callable:
                           "[default: half of --max-connections]."),
         click.option("--tenant-queue-limit", type=click.IntRange(1), default=None,
                      help="Engine calls one tenant may have queued per worker; beyond it that tenant gets "
-                          "AESM_BUSY [default: half of --queue-limit]."),
+                          "AESM_BUSY [default: --queue-limit; a full queue makes room for a tenant with fewer queued]."),
         *(click.option(f"--{verb}-{what}", f"{verb}_{what}s", type=kind, metavar=meta, multiple=True, default=(),
                        help=(f"Serve only these {what}s (repeatable; with several allow options: any of them)."
                              if verb == "allow" else f"Answer these {what}s AESM_SERVICE_UNAVAILABLE (repeatable)."))

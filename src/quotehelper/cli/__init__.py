@@ -19,7 +19,7 @@ COMMAND_MODULES = {
     "sim": "sim_cmd",
     "serve": "service_cmd", "quote": "service_cmd", "demo": "service_cmd",
     "ratls": "ratls_cmd",
-    "pcs": "pcs_cmd", "collateral": "pcs_cmd",
+    "pcs": "pcs_cmd", "collateral": "pcs_cmd", "pccs": "pcs_cmd",
     "device-plugin": "k8s_cmd", "webhook": "k8s_cmd", "health": "k8s_cmd", "webhook-tls": "k8s_cmd",
 }
 

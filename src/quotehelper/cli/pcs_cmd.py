@@ -173,3 +173,36 @@ def pcs_promote(pki_dir: Path, fmspc: str | None) -> None:
 
     promote(pki_dir, fmspc)
     click.echo("standard = early")
+
+
+# ---- quotehelper pccs ... -----------------------------------------------------------------------------
+@main.group("pccs")
+def pccs_group() -> None:
+    """A PCCS-compatible caching service (Intel PCCS's API; SQLite or PostgreSQL)."""
+
+
+@pccs_group.command("serve")
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON configuration, keys as Intel PCCS's config.json (README: PCCS).")
+def pccs_serve(config_path: Path) -> None:
+    """Serve the PCCS API with the caching mode, upstream and storage the configuration names."""
+    from quotehelper.pccs.config import PccsConfigError, PccsOptions
+    from quotehelper.pccs.serve import run
+
+    try:
+        options = PccsOptions.load(config_path)
+    except PccsConfigError as e:
+        fail(e)
+        return
+    run(options)
+
+
+@pccs_group.command("hash-token")
+def pccs_hash_token() -> None:
+    """Read a token on standard input; print its SHA-512 (for UserTokenHash / AdminTokenHash)."""
+    import hashlib
+
+    token = sys.stdin.readline().rstrip("\n")
+    if not token:
+        raise click.UsageError("give the token on standard input")
+    click.echo(hashlib.sha512(token.encode()).hexdigest())

@@ -1,0 +1,53 @@
+"""README.md's examples run as written: every ```sh and ```python block is executed from the repository
+root (sh with `bash -e`), except those preceded by `<!-- readme-test: skip REASON -->` (a cluster, the
+test suite itself); `<!-- readme-test: exit N -->` says the block ends in a command that exits N. Two substitutions keep runs apart: `/tmp/qh` becomes a fresh temporary directory,
+and `.venv/bin/` this interpreter's bin directory."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+_BLOCK = re.compile(r"(?:<!-- readme-test: (?P<mark>[^\n]*?) -->\n)?^```(?P<lang>sh|python)\n(?P<body>.*?)^```",
+                    re.S | re.M)
+
+
+def blocks() -> list[tuple[str, str, str, str | None]]:
+    """(id, language, code, skip reason) for every sh/python block, in README order."""
+    text = (ROOT / "README.md").read_text()
+    out = []
+    for m in _BLOCK.finditer(text):
+        line = text.count("\n", 0, m.start("lang")) + 1
+        mark = m.group("mark")
+        if mark is not None:
+            assert re.fullmatch(r"skip .{5,}|exit \d+", mark), f"README line {line}: 'skip <reason>' or 'exit N'"
+        out.append((f"line{line}-{m.group('lang')}", m.group("lang"), m.group("body"), mark))
+    return out
+
+
+BLOCKS = blocks()
+
+
+def test_the_readme_has_runnable_examples() -> None:
+    runnable = [b for b in BLOCKS if not (b[3] or "").startswith("skip ")]
+    assert len(runnable) >= 5 and {b[1] for b in runnable} == {"sh", "python"}
+
+
+@pytest.mark.parametrize(("lang", "code", "skip"), [b[1:] for b in BLOCKS], ids=[b[0] for b in BLOCKS])
+def test_example_runs(lang: str, code: str, skip: str | None, tmp_path: Path) -> None:
+    if skip and skip.startswith("skip "):
+        pytest.skip(skip.removeprefix("skip "))
+    expected = int(skip.removeprefix("exit ")) if skip else 0
+    code = code.replace("/tmp/qh", str(tmp_path)).replace(".venv/bin/", f"{BIN}/")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("SGX_AESM_ADDR", None)
+    cmd = ["bash", "-e", "-c", code] if lang == "sh" else [sys.executable, "-c", code]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == expected, f"exit {r.returncode}\n--- stdout\n{r.stdout[-3000:]}\n--- stderr\n{r.stderr[-3000:]}"

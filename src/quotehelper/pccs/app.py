@@ -276,6 +276,10 @@ async def _frame(req: web.Request, handler: Callable[[web.Request], Awaitable[we
 def make_app(pccs: Pccs) -> web.Application:
     app = web.Application(middlewares=[_frame], client_max_size=MAX_BODY)
     app[PCCS_KEY] = pccs
+
+    async def _close(_app: web.Application) -> None:
+        await pccs.close()
+    app.on_cleanup.append(_close)
     v = "/{tee:sgx|tdx}/certification/v{version:3|4}"
     sgx = "/sgx/certification/v{version:3|4}"
     app.router.add_get(v + "/tcb", tcb)

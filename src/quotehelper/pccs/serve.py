@@ -77,6 +77,7 @@ async def start(options: PccsOptions, **kw) -> tuple[web.AppRunner, str, asyncio
 def run(options: PccsOptions) -> None:
     logging.basicConfig(level={"error": logging.ERROR, "warn": logging.WARNING, "debug": logging.DEBUG}.get(
         options.log_level.lower(), logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
     async def main() -> None:
         runner, url, task = await start(options)

@@ -269,3 +269,16 @@ def test_init_and_app_containers_both_asking_are_both_wired_with_hostpath():
                                            "hostPath": {"path": "/var/run/aesmd", "type": "DirectoryOrCreate"}}]
     kubernetes_validate.validate(patched, K8S_VERSION, strict=True)
     assert mutate.patch_for(patched, cfg) == []
+
+
+def test_ephemeral_containers_are_left_alone_and_do_not_break_the_mutation():
+    """Ephemeral containers cannot carry resources (the API refuses them) and are never in a CREATE; a pod
+    that has some (an UPDATE replayed, a hand-made object) still gets its app and init containers wired."""
+    pod = field_review()["request"]["object"]
+    pod["spec"]["ephemeralContainers"] = [{"name": "debug", "image": "busybox", "targetContainerName": "app"}]
+    patched = jsonpatch.apply_patch(pod, mutate.patch_for(pod))
+    assert patched["spec"]["ephemeralContainers"] == pod["spec"]["ephemeralContainers"]
+    assert patched["spec"]["initContainers"][0]["env"] == [{"name": "SGX_AESM_ADDR", "value": "1"}]
+    pod["spec"]["ephemeralContainers"] = "debug"
+    with pytest.raises(mutate.MutationError, match="spec.ephemeralContainers is not a list of objects"):
+        mutate.patch_for(pod)

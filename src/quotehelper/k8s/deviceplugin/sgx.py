@@ -27,18 +27,19 @@ from quotehelper.errors import QuoteHelperError
 from quotehelper.k8s.deviceplugin import api_pb2
 from quotehelper.k8s.deviceplugin.framework import DeviceState
 
+# One definition of the resource names, the socket directory and the env var, shared with the webhook.
+# sgx.intel.com/epc (bytes) is not served here: the webhook translates it.
+from quotehelper.k8s.mutate import AESM_ADDR_ENV, AESMD_DIR
+from quotehelper.k8s.mutate import ENCLAVE as ENCLAVE_RESOURCE
+from quotehelper.k8s.mutate import EPC_MIB as EPC_RESOURCE
+
 if TYPE_CHECKING:
     from quotehelper.platform.sim import SimPlatform
 
 log = logging.getLogger("quotehelper.k8s.deviceplugin")
 
-ENCLAVE_RESOURCE = "sgx.intel.com/enclave"
 PROVISION_RESOURCE = "sgx.intel.com/provision"
-EPC_RESOURCE = "kubernetes.azure.com/sgx_epc_mem_in_MiB"
-INTEL_EPC_RESOURCE = "sgx.intel.com/epc"  # bytes quantity; not served here, translated by the webhook
 
-AESMD_DIR = "/var/run/aesmd"
-AESM_ADDR_ENV = "SGX_AESM_ADDR"
 SIM_PLATFORM_ENV = "QUOTEHELPER_PLATFORM"  # where a simulated enclave finds its "CPU" (sim's default_platform_dir)
 
 DEFAULT_SHARED_LIMIT = 110  # Intel's default enclave/provision count per node (kubelet's max pods)

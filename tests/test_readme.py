@@ -33,6 +33,8 @@ def blocks() -> list[tuple[str, str, str, str | None]]:
 
 
 BLOCKS = blocks()
+# Never run from a test, marked or not: builds, clusters, registries, edits of the repository.
+_UNSAFE = re.compile(r"^\s*(?:make|kubectl|docker|podman|buildah|kind|git|helm)\b|\bsed -i\b|\bkustomize edit\b", re.M)
 
 
 def test_the_readme_has_runnable_examples() -> None:
@@ -44,6 +46,8 @@ def test_the_readme_has_runnable_examples() -> None:
 def test_example_runs(lang: str, code: str, skip: str | None, tmp_path: Path) -> None:
     if skip and skip.startswith("skip "):
         pytest.skip(skip.removeprefix("skip "))
+    unsafe = _UNSAFE.search(code)
+    assert unsafe is None, f"an unmarked example runs {unsafe.group(0).strip()!r}: mark it '<!-- readme-test: skip ... -->'"
     expected = int(skip.removeprefix("exit ")) if skip else 0
     code = code.replace("/tmp/qh", str(tmp_path)).replace(".venv/bin/", f"{BIN}/")
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}

@@ -97,8 +97,16 @@ def fresh_pg_database(admin_url: str) -> tuple[str, Callable[[], None]]:
     url = admin_url.rsplit("/", 1)[0] + "/" + name
 
     def drop() -> None:
-        with eng.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        eng.dispose()  # a restart of the server (one test does it) leaves dead pooled connections
+        for attempt in range(20):
+            try:
+                with eng.connect() as c:
+                    c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                break
+            except Exception:  # noqa: BLE001 - still starting up after a restart
+                if attempt == 19:
+                    raise
+                time.sleep(0.5)
         eng.dispose()
     return url, drop
 

@@ -274,7 +274,7 @@ def test_command_waits_for_kubelet_registers_and_stops_cleanly_on_sigterm(short_
     plugin_dir = short_tmp / "plugins"
     proc = subprocess.Popen(
         [sys.executable, "-m", "quotehelper.cli", "device-plugin", "--simulate", "--plugin-dir", str(plugin_dir),
-         "--platform-dir", str(short_tmp / "sim" / "platform"), "--aesmd-dir", str(short_tmp / "aesmd"),
+         "--platform", str(short_tmp / "sim" / "platform"), "--aesmd-dir", str(short_tmp / "aesmd"),
          "--epc-mib", "8", "--enclave-limit", "2", "--provision-limit", "2"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     kubelet = FakeKubelet(plugin_dir)
@@ -310,4 +310,4 @@ def test_command_refuses_a_node_without_sgx(short_tmp):
     r = subprocess.run([sys.executable, "-m", "quotehelper.cli", "device-plugin", "--dev-root",
                         str(short_tmp / "nodev"), "--plugin-dir", str(short_tmp / "p")],
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and "sgx_enclave is not a character device" in r.stderr and "--simulate" in r.stderr
+    assert r.returncode == 2 and "sgx_enclave is not a character device" in r.stderr and "--simulate" in r.stderr

@@ -136,10 +136,11 @@ def json_option(fn: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(fn)
 
 
-def logging_options(default: int = logging.WARNING) -> Callable[[F], F]:
-    """-v/--verbose (repeatable: INFO, DEBUG), -q/--quiet, --log-format text|json; configures logging for
-    this process and the processes it starts. A command with a `verbose` parameter still receives the
-    count."""
+def logging_options(default: int = logging.WARNING, *, quiet: bool = True) -> Callable[[F], F]:
+    """-v/--verbose (INFO; -vv DEBUG), -q/--quiet (errors only; `quiet=False` where a command has its own
+    -q), --log-format text|json; configures logging for this process and the processes it starts.
+    `default`: the level without -v (INFO for the long-running k8s services, whose lifecycle lines are
+    what `kubectl logs` shows). A command with a `verbose` parameter still receives the count."""
     def deco(fn: F) -> F:
         wants_verbose = "verbose" in inspect.signature(fn).parameters
 
@@ -154,12 +155,12 @@ def logging_options(default: int = logging.WARNING) -> Callable[[F], F]:
         if wants_verbose:  # the wrapper supplies it; click must not look for a --verbose of the command
             wrapper.__click_params__ = [p for p in getattr(fn, "__click_params__", [])  # type: ignore[attr-defined]
                                         if p.name != "verbose"]
-        for opt in (
-            click.option("--log-format", "log_format", type=click.Choice(logs.FORMATS), default="text",
-                         envvar=logs.FORMAT_ENV, show_default=True, help="Log lines as text or JSON (stderr)."),
-            click.option("-q", "--quiet", "log_quiet", is_flag=True, help="Log errors only."),
-            click.option("-v", "--verbose", "log_verbose", count=True, help="Log more: -v info, -vv debug."),
-        ):
+        opts = [click.option("--log-format", "log_format", type=click.Choice(logs.FORMATS), default="text",
+                             envvar=logs.FORMAT_ENV, show_default=True, help="Log lines as text or JSON (stderr)."),
+                click.option("-v", "--verbose", "log_verbose", count=True, help="Log more: -v info, -vv debug.")]
+        if quiet:
+            opts.insert(1, click.option("-q", "--quiet", "log_quiet", is_flag=True, help="Log errors only."))
+        for opt in opts:
             wrapper = opt(wrapper)
         return wrapper  # type: ignore[return-value]
     return deco

@@ -116,7 +116,7 @@ def test_cli_errors_are_friendly(tmp_path: Path, args: list[str], message: str) 
 
 
 def test_console_script_errors_without_traceback(tmp_path: Path) -> None:
-    """The installed entry point, as a user runs it: a missing platform is one line on stderr, exit 1."""
+    """The installed entry point, as a user runs it: a missing platform is one line on stderr, exit 2."""
     import shutil
     import subprocess
     import sys
@@ -125,5 +125,5 @@ def test_console_script_errors_without_traceback(tmp_path: Path) -> None:
     assert exe, "quotehelper console script not installed in the venv"
     proc = subprocess.run([exe, "sim", "export", "--platform", str(tmp_path / "none"), "--out", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1
-    assert proc.stderr.startswith("Error: no simulated platform") and "Traceback" not in proc.stderr
+    assert proc.returncode == 2  # unusable input, as everywhere
+    assert proc.stderr.startswith("error: no simulated platform") and "Traceback" not in proc.stderr

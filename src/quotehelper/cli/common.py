@@ -180,6 +180,19 @@ def write_output(out: str, data: bytes | str, what: str = "bytes") -> None:
     click.echo(f"wrote {len(data)} {what} to {out}", err=True)
 
 
+def read_binary_or_hex(path: Path) -> bytes:
+    """A file holding binary data, or the same as hex text (whitespace, a leading 0x ignored): quotes, target
+    infos, reports are passed around both ways."""
+    data = path.read_bytes()
+    text = data.strip()
+    if text and len(text) % 2 == 0 or text[:2].lower() == b"0x":
+        try:
+            return inputs.as_quote_bytes(text.decode("ascii"))
+        except (UnicodeDecodeError, inputs.InputError):
+            pass
+    return data
+
+
 def fail(message: str, code: int = EXIT_INPUT) -> NoReturn:
     """One line on stderr and the documented exit code (2 = unusable input)."""
     click.echo(f"error: {message}", err=True)

@@ -8,22 +8,12 @@ from typing import Any
 
 import click
 
-from quotehelper.cli import main
+from quotehelper.cli import common, main
 from quotehelper.errors import FormatError
 from quotehelper.sgx.describe import quote_dict
 from quotehelper.sgx.quote import parse_quote
 
-
-def _read_quote_file(path: Path) -> bytes:
-    data = path.read_bytes()
-    text = data.strip()
-    # Hex-encoded quotes are common in the wild; accept them too.
-    if text and all(c in b"0123456789abcdefABCDEF" for c in text[:64]) and len(text) % 2 == 0:
-        try:
-            return bytes.fromhex(text.decode())
-        except ValueError:
-            pass
-    return data
+_read_quote_file = common.read_binary_or_hex  # hex-encoded quotes are common in the wild; kept for importers
 
 
 def _print_tree(d: Any, indent: int = 0) -> None:
@@ -42,7 +32,8 @@ def _print_tree(d: Any, indent: int = 0) -> None:
 
 @main.command("inspect")
 @click.argument("quote", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a readable tree.")
+@common.json_option
+@common.logging_options()
 def inspect_cmd(quote: Path, as_json: bool) -> None:
     """Show the header, body, QE report and PCK extension of QUOTE (binary or hex)."""
     try:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -11,8 +9,8 @@ from typing import Any
 
 import click
 
-from quotehelper.cli import main
-from quotehelper.errors import QuoteHelperError
+from quotehelper.cli import common, main
+from quotehelper.cli.common import HexBytes, friendly, platform_option, write_output
 from quotehelper.platform.sim import TCB_STATUSES, SimEnclave, SimPlatform, default_platform_dir
 from quotehelper.sgx.structs import (
     FLAG_DEBUG,
@@ -22,49 +20,6 @@ from quotehelper.sgx.structs import (
     Attributes,
     TargetInfo,
 )
-
-
-class HexBytes(click.ParamType):
-    """Hex bytes (optional 0x, spaces/colons ignored), exactly `size` or at most `max_size` bytes."""
-
-    name = "HEX"
-
-    def __init__(self, size: int | None = None, max_size: int | None = None) -> None:
-        self.size, self.max_size = size, max_size
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> bytes:
-        if isinstance(value, bytes):
-            return value
-        text = str(value).strip().removeprefix("0x").replace(" ", "").replace(":", "")
-        try:
-            data = bytes.fromhex(text)
-        except ValueError:
-            self.fail(f"{value!r} is not hex", param, ctx)
-        if self.size is not None and len(data) != self.size:
-            self.fail(f"needs exactly {self.size} bytes ({2 * self.size} hex digits), got {len(data)}", param, ctx)
-        if self.max_size is not None and len(data) > self.max_size:
-            self.fail(f"at most {self.max_size} bytes, got {len(data)}", param, ctx)
-        return data
-
-
-def _friendly(fn: Callable[..., None]) -> Callable[..., None]:
-    """Turns the library's deliberate errors into one-line CLI errors (exit 1), never a traceback."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        try:
-            fn(*args, **kwargs)
-        except QuoteHelperError as e:
-            raise click.ClickException(str(e)) from e
-        except OSError as e:
-            raise click.ClickException(f"{e.filename or ''}: {e.strerror or e}") from e
-    return wrapper
-
-
-def _platform_option(fn: Callable[..., None]) -> Callable[..., None]:
-    return click.option("--platform", "platform_dir", type=click.Path(file_okay=False, path_type=Path),
-                        default=None, show_default=False,
-                        help="Platform directory [default: $QUOTEHELPER_PLATFORM or "
-                             "$XDG_DATA_HOME/quotehelper/platform].")(fn)
 
 
 def _resolve(platform_dir: Path | None) -> Path:
@@ -94,20 +49,8 @@ def _enclave(plat: SimPlatform, *, mr_enclave: bytes | None, mr_signer: bytes | 
                         config_svn=config_svn)
 
 
-def _write_output(out: str, data: bytes) -> None:
-    """Writes binary `data` to a file, or hex to stdout for `-o -`."""
-    if out == "-":
-        click.echo(data.hex())
-    else:
-        Path(out).write_bytes(data)
-        click.echo(f"wrote {len(data)} bytes to {out}", err=True)
-
-
 def _read_target_info(path: Path) -> TargetInfo:
-    data = path.read_bytes()
-    if len(data) != TARGET_INFO_SIZE:
-        with contextlib.suppress(UnicodeDecodeError, ValueError):  # also accept the 512 bytes as hex text
-            data = bytes.fromhex(data.decode().strip())
+    data = common.read_binary_or_hex(path)  # also the 512 bytes as hex text
     if len(data) != TARGET_INFO_SIZE:
         raise click.ClickException(f"{path}: a target info is {TARGET_INFO_SIZE} bytes (binary or hex), "
                                    f"this file has {len(data)}")
@@ -141,7 +84,7 @@ def _refuse_changes(plat: SimPlatform, **given: Any) -> None:
 
 
 @sim.command("init")
-@_platform_option
+@platform_option()
 @click.option("--pki", "pki_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Simulated-Intel PKI directory, shared by platforms [default: sibling 'pki' of the platform].")
 @click.option("--tcb-status", type=click.Choice(TCB_STATUSES), default="UpToDate", show_default=True,
@@ -155,9 +98,11 @@ def _refuse_changes(plat: SimPlatform, **given: Any) -> None:
               help="Use the SGX SDK simulation-mode CPU constants, so SDK simulation-mode enclaves' reports verify.")
 @click.option("--pcs-url", metavar="URL", help="Base URL of the simulated PCS that a new PKI's CRL distribution "
               "points name [default: http://127.0.0.1:8082, `pcs serve`'s default]; ignored for an existing PKI.")
-@_friendly
+@common.json_option
+@friendly
+@common.logging_options()
 def init_cmd(platform_dir: Path | None, pki_dir: Path | None, tcb_status: str, advisory_ids: tuple[str, ...],
-             fmspc: bytes | None, ca: str, sdk_compatible: bool, pcs_url: str | None) -> None:
+             fmspc: bytes | None, ca: str, sdk_compatible: bool, pcs_url: str | None, as_json: bool) -> None:
     """Create a simulated platform (and its PKI). An existing platform is kept as it is: running init again
     is harmless, but an option given explicitly that differs from the existing platform (say another
     --tcb-status) is refused (exit 2) instead of silently ignored; use a new --platform directory."""
@@ -169,6 +114,9 @@ def init_cmd(platform_dir: Path | None, pki_dir: Path | None, tcb_status: str, a
     plat = SimPlatform.create(target, pki_dir=pki_dir, tcb_status=tcb_status, fmspc=fmspc,
                               sdk_compatible=sdk_compatible, advisory_ids=list(advisory_ids) or None, ca=ca,
                               pcs_url=pcs_url)
+    if as_json:
+        click.echo(json.dumps({"created": not existed, **_show(plat)}, indent=2))
+        return
     click.echo(f"{'existing' if existed else 'created'} platform {plat.platform_dir}")
     click.echo(f"  PKI {plat.pki_dir}  FMSPC {plat.fmspc.hex().upper()}  PCK CA {plat.ca}")
     advisories = ", ".join(plat.advisory_ids) or "none"
@@ -177,49 +125,55 @@ def init_cmd(platform_dir: Path | None, pki_dir: Path | None, tcb_status: str, a
 
 
 @sim.command("target-info")
-@_platform_option
-@click.option("-o", "--output", "out", required=True, help="Output file (512 bytes), or - for hex on stdout.")
-@_friendly
+@platform_option()
+@common.option("-o", "--output", "out", required=True, metavar="PATH",
+               help="Target info file (512 bytes); - writes hex to stdout.")
+@friendly
+@common.logging_options()
 def target_info_cmd(platform_dir: Path | None, out: str) -> None:
     """Write the QE's target info (what an app enclave EREPORTs to for quoting)."""
     plat = SimPlatform.open(_resolve(platform_dir))
-    _write_output(out, plat.engine().target_info().to_bytes())
+    write_output(out, plat.engine().target_info().to_bytes())
 
 
 @sim.command("report")
-@_platform_option
+@platform_option()
 @click.option("--target-info", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
               help="Target info of the enclave the report is for (512 bytes binary or hex).")
 @click.option("--report-data", type=HexBytes(max_size=64), default="", help="Up to 64 bytes hex, zero-padded.")
 @_enclave_options
-@click.option("-o", "--output", "out", required=True, help="Output file (432-byte REPORT), or - for hex.")
-@_friendly
+@common.option("-o", "--output", "out", required=True, metavar="PATH",
+               help="REPORT file (432 bytes); - writes hex to stdout.")
+@friendly
+@common.logging_options()
 def report_cmd(platform_dir: Path | None, target_info: Path, report_data: bytes, out: str,
                **identity: Any) -> None:
     """EREPORT by a simulated app enclave, MACed for the given target."""
     plat = SimPlatform.open(_resolve(platform_dir))
     enclave = _enclave(plat, **identity)
-    _write_output(out, enclave.report(_read_target_info(target_info), report_data).to_bytes())
+    write_output(out, enclave.report(_read_target_info(target_info), report_data).to_bytes())
 
 
 @sim.command("quote")
-@_platform_option
+@platform_option()
 @click.option("--report-data", type=HexBytes(max_size=64), default="", help="Up to 64 bytes hex, zero-padded.")
 @_enclave_options
-@click.option("-o", "--output", "out", required=True, help="Output file (binary quote), or - for hex.")
-@_friendly
+@common.option("-o", "--output", "out", required=True, metavar="PATH",
+               help="Quote file (binary); - writes hex to stdout.")
+@friendly
+@common.logging_options()
 def quote_cmd(platform_dir: Path | None, report_data: bytes, out: str, **identity: Any) -> None:
     """Quote in-process: a simulated app enclave's report, quoted by the platform's QE3."""
     plat = SimPlatform.open(_resolve(platform_dir))
     enclave = _enclave(plat, **identity)
-    _write_output(out, plat.quote(report_data, enclave))
+    write_output(out, plat.quote(report_data, enclave))
 
 
 @sim.command("export")
-@_platform_option
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Directory for root_ca.pem/.der, collateral.json and pcs/ (created if missing).")
-@_friendly
+@platform_option()
+@common.out_dir_option("Directory for root_ca.pem/.der, collateral.json and pcs/", aliases=("--out",))
+@friendly
+@common.logging_options()
 def export_cmd(platform_dir: Path | None, out_dir: Path) -> None:
     """Write the trust anchor and fresh signed collateral for verifiers."""
     plat = SimPlatform.open(_resolve(platform_dir))
@@ -228,8 +182,9 @@ def export_cmd(platform_dir: Path | None, out_dir: Path) -> None:
 
 
 @sim.command("revoke-pck")
-@_platform_option
-@_friendly
+@platform_option()
+@friendly
+@common.logging_options()
 def revoke_cmd(platform_dir: Path | None) -> None:
     """Put the platform's PCK certificate on its CA's CRL (collateral exported afterwards shows it)."""
     plat = SimPlatform.open(_resolve(platform_dir))
@@ -238,13 +193,18 @@ def revoke_cmd(platform_dir: Path | None) -> None:
 
 
 @sim.command("show")
-@_platform_option
-@_friendly
-def show_cmd(platform_dir: Path | None) -> None:
-    """Print the platform's configuration as JSON (no secrets)."""
-    plat = SimPlatform.open(_resolve(platform_dir))
+@platform_option()
+@common.json_option
+@friendly
+@common.logging_options()
+def show_cmd(platform_dir: Path | None, as_json: bool) -> None:  # noqa: ARG001 - JSON is its only form
+    """Print the platform's configuration as JSON (no secrets); --json is accepted like everywhere."""
+    click.echo(json.dumps(_show(SimPlatform.open(_resolve(platform_dir))), indent=2))
+
+
+def _show(plat: SimPlatform) -> dict[str, Any]:
     info = dict(plat.config)
     info.update(platform_dir=str(plat.platform_dir), cpu_svn=plat.cpu.cpu_svn.hex(),
                 sdk_compatible=plat.cpu.is_sdk_compatible, pck_serial=f"{plat.pck_cert.serial_number:x}",
                 attestation_key=(plat.platform_dir / "attestation_key.sealed").exists())
-    click.echo(json.dumps(info, indent=2))
+    return info

@@ -24,16 +24,18 @@ from quotehelper.aesm.tenant import Tenant
 T = TypeVar("T")
 
 QUANTUM = 200e-6  # seconds of engine time per turn: ~4 software quotes, or one DCAP quote
+MAX_IDLE_QUEUES = 1024  # per-tenant queue objects kept; beyond, the empty ones are dropped
 
 
 class _Queue(Generic[T]):
-    __slots__ = ("tenant", "items", "deficit", "in_turn")
+    __slots__ = ("tenant", "items", "deficit", "in_turn", "active")
 
     def __init__(self, tenant: Tenant) -> None:
         self.tenant = tenant
         self.items: collections.deque[T] = collections.deque()
         self.deficit = 0.0
         self.in_turn = False
+        self.active = False  # in the rotation
 
 
 class FairQueue(Generic[T]):
@@ -48,8 +50,11 @@ class FairQueue(Generic[T]):
         self.tenant_limit = tenant_limit
         self.quantum = quantum
         self.size = 0
-        self._queues: dict[Tenant, _Queue[T]] = {}  # tenants with queued items
-        self._rotation: collections.deque[_Queue[T]] = collections.deque()
+        # Every tenant's queue, kept while empty (a lone client's queue empties and refills on every call;
+        # re-creating it each time cost more than the rest of push + pop). Inactive ones are dropped past
+        # MAX_IDLE_QUEUES.
+        self._queues: dict[Tenant, _Queue[T]] = {}
+        self._rotation: collections.deque[_Queue[T]] = collections.deque()  # the active ones, in turn order
 
     def __len__(self) -> int:
         return self.size
@@ -58,7 +63,11 @@ class FairQueue(Generic[T]):
         """Queues `item`; returns (False, None) when `tenant` is refused, (True, (victim, its item)) when
         another tenant's newest call was dropped to make room, else (True, None)."""
         q = self._queues.get(tenant)
-        mine = len(q.items) if q is not None else 0
+        if q is None:
+            if len(self._queues) >= MAX_IDLE_QUEUES:
+                self._queues = {t: x for t, x in self._queues.items() if x.active}
+            q = self._queues[tenant] = _Queue(tenant)
+        mine = len(q.items)
         if mine >= self.tenant_limit:
             return False, None
         evicted = None
@@ -70,9 +79,10 @@ class FairQueue(Generic[T]):
             big.tenant.queued -= 1
             self.size -= 1
             if not big.items:
+                self._rotation.remove(big)
                 self._leave(big)
-        if q is None:
-            q = self._queues[tenant] = _Queue(tenant)
+        if not q.active:
+            q.active = True
             self._rotation.append(q)
         q.items.append(item)
         tenant.queued += 1
@@ -91,6 +101,7 @@ class FairQueue(Generic[T]):
                 q.tenant.queued -= 1
                 self.size -= 1
                 if not q.items:
+                    rot.popleft()
                     self._leave(q)
                 return q.tenant, item
             q.in_turn = False  # turn over: to the back of the rotation, keeping its (negative) deficit
@@ -100,7 +111,7 @@ class FairQueue(Generic[T]):
     def charge(self, tenant: Tenant, seconds: float) -> None:
         """Charges a popped item's run time to its tenant (nothing if the tenant left the rotation)."""
         q = self._queues.get(tenant)
-        if q is not None:
+        if q is not None and q.active:
             q.deficit -= seconds
 
     def drain(self) -> list[tuple[Tenant, T]]:
@@ -112,6 +123,8 @@ class FairQueue(Generic[T]):
                 return out
             out.append(x)
 
-    def _leave(self, q: _Queue[T]) -> None:
-        del self._queues[q.tenant]
-        self._rotation.remove(q)
+    @staticmethod
+    def _leave(q: _Queue[T]) -> None:
+        """Out of the rotation (the caller removed it): credit is not saved up while idle."""
+        q.active = q.in_turn = False
+        q.deficit = 0.0

@@ -40,6 +40,12 @@ def level_for(verbose: int, quiet: bool = False, default: int = logging.WARNING)
     return logging.INFO if verbose == 1 else default
 
 
+def level_from_env(default: int) -> int:
+    """The more verbose of `default` and the level a parent command exported (QUOTEHELPER_LOG_LEVEL)."""
+    env = logging.getLevelName(os.environ.get(LEVEL_ENV, ""))
+    return min(default, env) if isinstance(env, int) else default
+
+
 def configure(level: int | None = None, fmt: str | None = None, *, export: bool = False) -> None:
     """Configures the root logger on stderr. `None` takes the value from the environment (else WARNING,
     text). `export=True` writes both back to the environment for child processes."""

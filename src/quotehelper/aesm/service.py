@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from quotehelper import logs
 from quotehelper.aesm.options import ServeOptions
 from quotehelper.aesm.sockets import DEFAULT_SOCKET_MODE, ServiceSocket
 from quotehelper.aesm.workers import EngineSpec, WorkerSupervisor
@@ -177,8 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--verbose", action="store_true")
     ap.add_argument("--take-over", action="store_true", help="replace a running quotehelper service's socket")
     a = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # serve's -v/-vv and --log-format arrive through the environment too (quotehelper.logs)
+    logs.configure(logs.level_from_env(logging.INFO if a.verbose else logging.WARNING))
     spec_d = json.loads(a.spec)
     spec = EngineSpec(spec_d["target"], tuple(spec_d.get("args", ())), spec_d.get("then"))
     mode = int(a.mode, 8)

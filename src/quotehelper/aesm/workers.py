@@ -250,6 +250,9 @@ class WorkerSupervisor:
 
 def worker_entry(argv: list[str]) -> None:
     """`python -m quotehelper.aesm.entry worker LISTEN_FD STATUS_FD JSON` (started by WorkerSupervisor)."""
+    from quotehelper import logs
+
+    logs.configure()  # the level and format the service was started with (environment)
     listen_fd, status_fd, spec = int(argv[0]), int(argv[1]), json.loads(argv[2])
     cfg = ServeConfig(**spec["config"])
     worker_main(listen_fd, status_fd, EngineSpec(spec["target"], tuple(spec["args"]), spec["then"]), cfg,

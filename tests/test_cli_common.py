@@ -92,3 +92,25 @@ def _restore_logging():
         else:
             os.environ[k] = v
     logging.getLogger().setLevel(logging.WARNING)
+
+
+@pytest.mark.parametrize(("exc", "code", "text"), [
+    (RuntimeError("boom"), 70, "internal error: RuntimeError: boom (QUOTEHELPER_TRACEBACK=1 shows where)"),
+    (FileNotFoundError(2, "No such file or directory", "/x/y"), 2, "error: No such file or directory: /x/y"),
+], ids=["bug", "os-error"])
+def test_no_traceback_reaches_a_user(monkeypatch: pytest.MonkeyPatch, exc: Exception, code: int, text: str) -> None:
+    from quotehelper.cli import main
+
+    @click.command("raise-for-test")
+    def raiser() -> None:
+        raise exc
+
+    main.add_command(raiser)
+    try:
+        monkeypatch.delenv("QUOTEHELPER_TRACEBACK", raising=False)
+        r = CliRunner().invoke(main, ["raise-for-test"])
+        assert (r.exit_code, r.stderr.strip()) == (code, text) and "Traceback" not in r.output
+        monkeypatch.setenv("QUOTEHELPER_TRACEBACK", "1")
+        assert CliRunner().invoke(main, ["raise-for-test"]).exception is exc  # for a developer: the real thing
+    finally:
+        main.commands.pop("raise-for-test")

@@ -4,6 +4,7 @@ init containers asking for EPC are wired like app containers (field case webhook
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import socket
@@ -282,3 +283,29 @@ def test_ephemeral_containers_are_left_alone_and_do_not_break_the_mutation():
     pod["spec"]["ephemeralContainers"] = "debug"
     with pytest.raises(mutate.MutationError, match="spec.ephemeralContainers is not a list of objects"):
         mutate.patch_for(pod)
+
+
+def test_a_thousand_slow_clients_hold_no_threads_and_a_good_client_is_served(tls_dir):
+    """Why, at its scale: 1,000 clients that connect and send a byte, then stall. The server keeps one thread,
+    answers a well-behaved client meanwhile, and closes every stalled connection at its deadline."""
+    srv = start(tls_dir, webhook.WebhookLimits(deadline=3.0))
+    m = tls_dir[1]
+    before = threading.active_count()
+    slow = []
+    try:
+        for _ in range(1000):
+            s = socket.create_connection(srv.server_address, timeout=20)
+            s.sendall(b"\x16")  # the first byte of a TLS handshake record, and then nothing
+            slow.append(s)
+        assert threading.active_count() == before
+        status, answer = post((srv, m), json.dumps(review_of(plain_pod(OPT_IN))).encode())
+        assert status == 200 and answer["response"]["patchType"] == "JSONPatch"
+        for s in slow:  # each one is closed by the server (handshake deadline), none is held forever
+            s.settimeout(30)
+            with contextlib.suppress(ConnectionResetError):  # closed with a reset: as good
+                assert s.recv(100) == b""
+    finally:
+        for s in slow:
+            s.close()
+        srv.shutdown()
+        srv.server_close()

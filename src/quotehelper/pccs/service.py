@@ -41,6 +41,7 @@ _CHAINS = {"tcb": ("TCB-Info-Issuer-Chain", "SGX-TCB-Info-Issuer-Chain"),
            "identity": ("SGX-Enclave-Identity-Issuer-Chain", "SGX-QE-Identity-Issuer-Chain"),
            "pckcrl": ("SGX-PCK-CRL-Issuer-Chain",),
            "evalnums": ("TCB-Evaluation-Data-Numbers-Issuer-Chain",)}
+MEMO_S = 1.0
 _IDENTITY_IDS = {("qe", "sgx"): "QE", ("qve", "sgx"): "QVE", ("qe", "tdx"): "TD_QE"}
 
 
@@ -91,6 +92,9 @@ class Pccs:
         self.metrics = metrics or PccsMetrics(self.collateral)
         self._getter = getter
         self._inflight: dict[str, asyncio.Future] = {}
+        # Answers read from the store, kept MEMO_S seconds: a storm of nodes asks for the same few items.
+        # This replica's own writes replace them at once; another replica's show within MEMO_S.
+        self._memo: dict[object, tuple[float, object]] = {}
 
     # ---- upstream ----------------------------------------------------------------------------------
     def _ep(self, version: int) -> Endpoints:
@@ -121,11 +125,24 @@ class Pccs:
             await self._getter.close()
 
     # ---- collateral --------------------------------------------------------------------------------
+    def _memo_get(self, key: object) -> object | None:
+        hit = self._memo.get(key)
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
+    def _memo_put(self, key: object, value: object) -> None:
+        if len(self._memo) > 4096:
+            self._memo.clear()
+        self._memo[key] = (time.monotonic() + MEMO_S, value)
+
     async def item(self, spec: Spec, *, fetch: bool | None = None) -> Row:
         """The stored item, else (LAZY, or `fetch=True` for registration/refresh) fetched, checked and
         stored. PccsHttpError 404 on a miss that may not be fetched, 503 when the upstream fails."""
         now = self.clock()
-        row = self.collateral.get(spec.key)
+        row = self._memo_get(spec.key)
+        if row is None or not now < row.not_after:  # type: ignore[attr-defined]
+            row = self.collateral.get(spec.key)
+            if row is not None:
+                self._memo_put(spec.key, row)
         if row is not None and now < row.not_after:
             self.metrics.cache(spec.kind, "hit")
             return row
@@ -186,6 +203,7 @@ class Pccs:
             row = Row(spec.key, spec.kind, r.body, chain, url, now, checked.not_after, checked.evaluation_number)
             await self._noticed(spec, checked)
         self.collateral.put(row, tee=spec.tee, version=spec.version, subject=spec.subject, update_type=spec.update)
+        self._memo.pop(spec.key, None)
         return row
 
     def _signed_target(self, spec: Spec, ep: Endpoints) -> tuple[str, str, dict]:
@@ -239,6 +257,15 @@ class Pccs:
     # ---- PCK certificates --------------------------------------------------------------------------
     async def pckcert(self, qe_id: str, pce_id: str, cpu_svn: str, pce_svn: str, enc_ppid: str | None) -> dict:
         """The best certificate for the raw TCB (selection.py) with what its headers need."""
+        memo_key = ("pckcert", qe_id, pce_id, cpu_svn, pce_svn)
+        hit = self._memo_get(memo_key)
+        if hit is not None:
+            return hit  # type: ignore[return-value]
+        answer = await self._pckcert(qe_id, pce_id, cpu_svn, pce_svn, enc_ppid)
+        self._memo_put(memo_key, answer)
+        return answer
+
+    async def _pckcert(self, qe_id: str, pce_id: str, cpu_svn: str, pce_svn: str, enc_ppid: str | None) -> dict:
         platform = self.platforms.get(qe_id, pce_id)
         if platform is None:
             if self.o.mode != "LAZY":
@@ -317,6 +344,7 @@ class Pccs:
                     "platform_manifest": p.get("platform_manifest"), "cpu_svn": p.get("cpu_svn"),
                     "pce_svn": p.get("pce_svn"), "fmspc": fmspc, "ca": ca}
         self.platforms.store_certs(platform, certs, chain)
+        self._memo = {k: v for k, v in self._memo.items() if not (isinstance(k, tuple) and k[0] == "pckcert")}
         return platform
 
     # ---- registration, refresh ---------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, and_, delete, func, select
+from sqlalchemy import Engine, and_, bindparam, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from quotehelper.pccs import db
@@ -30,15 +30,25 @@ def _upsert(conn, table, values: dict, keys: list[str]) -> None:  # noqa: ANN001
                                            set_={k: v for k, v in values.items() if k not in keys}))
 
 
+# Hot-path statements built once (building a Core statement costs more than running it on SQLite).
+_C, _P, _K, _T = db.collateral, db.platforms, db.pck_certs, db.platform_tcbs
+_GET_ROW = select(_C.c.key, _C.c.kind, _C.c.body, _C.c.chain, _C.c.url, _C.c.fetched_at, _C.c.not_after,
+                  _C.c.evaluation_number).where(_C.c.key == bindparam("key"))
+_GET_PLATFORM = select(_P).where(and_(_P.c.qe_id == bindparam("qe_id"), _P.c.pce_id == bindparam("pce_id")))
+_GET_CERTS = select(_K.c.tcbm, _K.c.cert).where(and_(_K.c.qe_id == bindparam("qe_id"),
+                                                     _K.c.pce_id == bindparam("pce_id")))
+_GET_SELECTED = select(_T.c.tcbm).where(and_(_T.c.qe_id == bindparam("qe_id"), _T.c.pce_id == bindparam("pce_id"),
+                                             _T.c.cpu_svn == bindparam("cpu_svn"), _T.c.pce_svn == bindparam("pce_svn")))
+_GET_CHAIN = select(db.pck_chains.c.chain).where(db.pck_chains.c.ca == bindparam("ca"))
+
+
 class CollateralDao:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     def get(self, key: str) -> Row | None:
-        t = db.collateral
         with self.engine.connect() as c:
-            r = c.execute(select(t.c.key, t.c.kind, t.c.body, t.c.chain, t.c.url, t.c.fetched_at, t.c.not_after,
-                                 t.c.evaluation_number).where(t.c.key == key)).first()
+            r = c.execute(_GET_ROW, {"key": key}).first()
         return Row(*r) if r else None
 
     def put(self, row: Row, *, tee: str | None, version: int | None, subject: str | None,
@@ -75,9 +85,8 @@ class PlatformDao:
         self.engine = engine
 
     def get(self, qe_id: str, pce_id: str) -> dict | None:
-        t = db.platforms
         with self.engine.connect() as c:
-            r = c.execute(select(t).where(and_(t.c.qe_id == qe_id, t.c.pce_id == pce_id))).mappings().first()
+            r = c.execute(_GET_PLATFORM, {"qe_id": qe_id, "pce_id": pce_id}).mappings().first()
         return dict(r) if r else None
 
     def by_enc_ppid(self, enc_ppid: str) -> dict | None:
@@ -107,20 +116,17 @@ class PlatformDao:
             _upsert(c, db.pck_chains, {"ca": platform["ca"], "chain": chain}, ["ca"])
 
     def certs(self, qe_id: str, pce_id: str) -> list[tuple[str, str]]:
-        t = db.pck_certs
         with self.engine.connect() as c:
-            return [tuple(r) for r in c.execute(select(t.c.tcbm, t.c.cert).where(
-                and_(t.c.qe_id == qe_id, t.c.pce_id == pce_id)))]
+            return [tuple(r) for r in c.execute(_GET_CERTS, {"qe_id": qe_id, "pce_id": pce_id})]
 
     def chain(self, ca: str) -> str | None:
         with self.engine.connect() as c:
-            return c.execute(select(db.pck_chains.c.chain).where(db.pck_chains.c.ca == ca)).scalar()
+            return c.execute(_GET_CHAIN, {"ca": ca}).scalar()
 
     def selected(self, qe_id: str, pce_id: str, cpu_svn: str, pce_svn: str) -> str | None:
-        t = db.platform_tcbs
         with self.engine.connect() as c:
-            return c.execute(select(t.c.tcbm).where(and_(t.c.qe_id == qe_id, t.c.pce_id == pce_id,
-                                                         t.c.cpu_svn == cpu_svn, t.c.pce_svn == pce_svn))).scalar()
+            return c.execute(_GET_SELECTED, {"qe_id": qe_id, "pce_id": pce_id, "cpu_svn": cpu_svn,
+                                             "pce_svn": pce_svn}).scalar()
 
     def remember(self, qe_id: str, pce_id: str, cpu_svn: str, pce_svn: str, tcbm: str) -> None:
         with self.engine.begin() as c:

@@ -21,7 +21,7 @@ ARG BASE=debian:bookworm-slim
 FROM ${BASE} AS venv
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 python3-venv \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get clean && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY src ./src
@@ -40,7 +40,7 @@ ARG INTEL_SGX_REPO=https://download.01.org/intel-sgx/sgx_repo/ubuntu
 ARG INTEL_SGX_SUITE=jammy
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends python3 \
- && rm -rf /var/lib/apt/lists/* /var/cache/debconf/*-old /var/log/apt /var/log/dpkg.log
+ && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/debconf/*-old /var/log/apt /var/log/dpkg.log
 RUN --mount=type=secret,id=ca \
     if [ "$SGX_DCAP" = "1" ]; then \
       set -eux; \
@@ -61,7 +61,7 @@ RUN --mount=type=secret,id=ca \
         || fail "cannot install libsgx-dcap-ql and libsgx-dcap-default-qpl"; \
       ldconfig -p | grep -q libsgx_dcap_ql.so || fail "libsgx_dcap_ql.so is not in the image"; \
       rm -f /etc/apt/apt.conf.d/99ca /tmp/ca.crt /tmp/intel-sgx.key; \
-      apt-get purge -y curl gnupg; apt-get autoremove -y; rm -rf /var/lib/apt/lists/*; \
+      apt-get purge -y curl gnupg; apt-get autoremove -y; apt-get clean; rm -rf /var/lib/apt/lists/*; \
     fi
 # A user of its own; the node-level roles (quote service, device plugin) run as root by their manifests'
 # runAsUser: 0, with no capabilities. Read-only root file systems everywhere: nothing may need to write

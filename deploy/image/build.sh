@@ -35,10 +35,12 @@ if [ "${REFRESH_BASE:-0}" = 1 ] || ! podman image exists "$BASE"; then
 fi
 
 # chroot isolation: RUN steps need no OCI runtime, cgroups or rlimit changes (crun refuses this
-# machine's hybrid cgroup layout); BUILDAH_ISOLATION=oci overrides it where a runtime works.
+# machine's hybrid cgroup layout); BUILDAH_ISOLATION=oci overrides it where a runtime works. --layers:
+# steps whose inputs did not change (the apt-get installs; pip when pyproject.toml and src/ did not)
+# come from the local layer cache.
 secret=()
 [ -s /etc/ssl/certs/ca-certificates.crt ] && secret=(--secret id=ca,src=/etc/ssl/certs/ca-certificates.crt)
 t0=$SECONDS
 buildah build --isolation "${BUILDAH_ISOLATION:-chroot}" --network host "${secret[@]}" \
-  --build-arg SGX_DCAP="${SGX_DCAP:-0}" --layers=false -t "$IMAGE" .
+  --build-arg SGX_DCAP="${SGX_DCAP:-0}" --layers -t "$IMAGE" .
 echo "make image: $IMAGE built in $((SECONDS - t0)) s, $(podman image inspect --format '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"

@@ -92,28 +92,6 @@ class AesmResponder:
         tenant.requests += 1
         if tenant.denied:
             return self._deny(payload, tenant)
-        return self._answer(payload, tenant)
-
-    def _enqueue(self, tenant: Tenant, call: EngineCall, payload: bytes) -> asyncio.Future[bytes] | None:
-        """Queues an engine call; None when the tenant is refused (over its share)."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[bytes] = loop.create_future()
-        admitted, evicted = self._queue.push(tenant, (call, fut, payload, perf_counter()))
-        if not admitted:
-            return None
-        if evicted is not None:  # another tenant had more queued: its newest call makes room
-            victim, (vcall, vfut, _, _) = evicted
-            if not vfut.done():
-                vfut.set_result(self._busy(victim, vcall))
-        depth = len(self._queue)
-        if depth > self._peak_queue:
-            self._peak_queue = depth
-        if not self._scheduled:
-            self._scheduled = True
-            loop.call_soon(self._drain)
-        return fut
-
-    def _answer(self, payload: bytes, tenant: Tenant) -> Reply:
         hit = self._replies.get(payload)
         if hit is not None:
             counts = self.counts
@@ -143,6 +121,25 @@ class AesmResponder:
             return frame
         fut = self._enqueue(tenant, out, payload)
         return self._busy(tenant, out) if fut is None else fut
+
+    def _enqueue(self, tenant: Tenant, call: EngineCall, payload: bytes) -> asyncio.Future[bytes] | None:
+        """Queues an engine call; None when the tenant is refused (over its share)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[bytes] = loop.create_future()
+        admitted, evicted = self._queue.push(tenant, (call, fut, payload, perf_counter()))
+        if not admitted:
+            return None
+        if evicted is not None:  # another tenant had more queued: its newest call makes room
+            victim, (vcall, vfut, _, _) = evicted
+            if not vfut.done():
+                vfut.set_result(self._busy(victim, vcall))
+        depth = len(self._queue)
+        if depth > self._peak_queue:
+            self._peak_queue = depth
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._drain)
+        return fut
 
     def _busy(self, tenant: Tenant, call: EngineCall) -> bytes:
         self.busy_replies += 1

@@ -45,6 +45,21 @@ MEMO_S = 1.0
 _IDENTITY_IDS = {("qe", "sgx"): "QE", ("qve", "sgx"): "QVE", ("qe", "tdx"): "TD_QE"}
 
 
+def _azure_pckcert(r: Response) -> Response:
+    """Azure's {"pckCert", "sgx-Pck-Certificate-Issuer-Chain", "sgx-Tcbm"} as a PCS-shaped answer; the
+    FMSPC and CA type come from the certificate itself."""
+    from quotehelper.pccs.selection import PckCandidate
+
+    d = json.loads(r.body)
+    pem = str(d["pckCert"])
+    cand = PckCandidate.from_pem(pem)
+    issuer = x509.load_pem_x509_certificate(pem.encode()).issuer.rfc4514_string()
+    headers = {"SGX-TCBm": str(d.get("sgx-Tcbm") or cand.tcbm), "SGX-FMSPC": cand.ext.fmspc.hex().upper(),
+               "SGX-PCK-Certificate-CA-Type": "PLATFORM" if "Platform" in issuer else "PROCESSOR",
+               "SGX-PCK-Certificate-Issuer-Chain": str(d.get("sgx-Pck-Certificate-Issuer-Chain") or "")}
+    return Response(r.url, r.status, headers, pem.encode())
+
+
 class PccsHttpError(Exception):
     def __init__(self, status: int, detail: str = "") -> None:
         self.status, self.detail = status, detail
@@ -324,6 +339,9 @@ class Pccs:
             except PcsError as e2:
                 raise PccsHttpError(404 if e2.code is PcsCode.NOT_FOUND else 502, e2.message) from e2
             certs = [((r.header("SGX-TCBm") or "").upper(), r.body.decode("ascii", "replace"))]
+            if r.body.lstrip().startswith(b"{"):  # Azure's pckcert answer is JSON (collateral-service.md §4.3)
+                r = _azure_pckcert(r)
+                certs = [((r.header("SGX-TCBm") or "").upper(), r.body.decode("ascii", "replace"))]
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             raise PccsHttpError(502, f"the upstream's pckcerts answer is malformed: {e}") from e
         fmspc, ca = (r.header("SGX-FMSPC") or "").upper(), (r.header("SGX-PCK-Certificate-CA-Type") or "").lower()

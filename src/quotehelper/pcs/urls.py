@@ -93,10 +93,12 @@ class Endpoints:
     # ---- PCK certificates --------------------------------------------------------------------------
     def pckcert(self, *, cpusvn: bytes, pcesvn: int, pceid: int, encrypted_ppid: bytes | None = None,
                 qeid: bytes | None = None) -> str:
+        # Azure's service takes PCESVN and PCE-ID big-endian (collateral-service.md §4.3)
+        enc16 = (lambda v: v.to_bytes(2, "big").hex().upper()) if self.kind == "thim" else _hex16_le
         return self._url("sgx", "pckcert", {
             "qeid": qeid.hex().upper() if qeid is not None else None,
             "encrypted_ppid": encrypted_ppid.hex().upper() if encrypted_ppid is not None else None,
-            "cpusvn": cpusvn.hex().upper(), "pcesvn": _hex16_le(pcesvn), "pceid": _hex16_le(pceid)})
+            "cpusvn": cpusvn.hex().upper(), "pcesvn": enc16(pcesvn), "pceid": enc16(pceid)})
 
     def pckcerts(self, *, encrypted_ppid: bytes, pceid: int) -> str:
         return self._url("sgx", "pckcerts", {"encrypted_ppid": encrypted_ppid.hex().upper(),

@@ -34,8 +34,6 @@ WITH_QUOTE_SERVICE = ("production", "simulate", "azure-legacy", "aks", "intel-pl
 # Overlays for nodes whose Intel-style SGX device plugin is someone else's (the AKS add-on's, Intel's).
 EXTERNAL_PLUGIN = ("aks", "aks-azure-quote-helper", "intel-plugin")
 SAMPLES = tuple(sorted(f"samples/{k.parent.name}" for k in DEPLOY.glob("samples/*/kustomization.yaml")))
-# Samples that still hard-code their image instead of including deploy/image (reported, not ours to edit).
-IMAGE_NOT_YET_FOLLOWED = {"samples/attested-tls"}
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration"}
 WORKLOADS = ("DaemonSet", "Deployment", "Job", "StatefulSet", "ReplicaSet", "CronJob", "Pod")
 # Labels that software sets on every node by itself (kubelet, the cloud provider, NFD, sgx-epchook):
@@ -170,9 +168,7 @@ def test_the_image_reference_is_fully_qualified():
     assert re.fullmatch(r"[^:@]+:[\w][\w.-]*", image), image
 
 
-@pytest.mark.parametrize("name", [*OVERLAYS, "base", *(
-    pytest.param(n, marks=pytest.mark.xfail(reason="hard-codes quotehelper:0.1.0; needs components: [../../image]"))
-    if n in IMAGE_NOT_YET_FOLLOWED else n for n in SAMPLES)])
+@pytest.mark.parametrize("name", [*OVERLAYS, "base", *SAMPLES])
 def test_every_container_runs_the_configured_image(rendered, name):
     seen = list(containers(rendered[name]))
     assert seen
@@ -189,7 +185,7 @@ def test_the_image_is_set_in_one_place(tmp_path):
     kust.write_text(kust.read_text().replace("newName: localhost/quotehelper", "newName: registry.example.com/qh/quotehelper")
                     .replace("newTag: 0.1.0", "newTag: 9.9.9"))
     assert configured_image(copy) == "registry.example.com/qh/quotehelper:9.9.9"
-    for name in [*(f"overlays/{o}" for o in OVERLAYS), *(n for n in SAMPLES if n not in IMAGE_NOT_YET_FOLLOWED)]:
+    for name in [*(f"overlays/{o}" for o in OVERLAYS), *SAMPLES]:
         images = {c["image"] for _, c in containers(render(copy / name))}
         assert images == {"registry.example.com/qh/quotehelper:9.9.9"}, name
 

@@ -182,15 +182,17 @@ def pccs_group() -> None:
 
 
 @pccs_group.command("serve")
-@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="JSON configuration, keys as Intel PCCS's config.json (README: PCCS).")
-def pccs_serve(config_path: Path) -> None:
+@click.option("--config", "config_paths", required=True, multiple=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JSON configuration, keys as Intel PCCS's config.json (README: PCCS). Repeatable: a later "
+                   "file's keys override (objects: merge into) the earlier ones', e.g. secrets from another file.")
+def pccs_serve(config_paths: tuple[Path, ...]) -> None:
     """Serve the PCCS API with the caching mode, upstream and storage the configuration names."""
     from quotehelper.pccs.config import PccsConfigError, PccsOptions
     from quotehelper.pccs.serve import run
 
     try:
-        options = PccsOptions.load(config_path)
+        options = PccsOptions.load(*config_paths)
     except PccsConfigError as e:
         fail(e)
         return

@@ -35,6 +35,14 @@ class PccsConfigError(QuoteHelperError, ValueError):
     """The configuration file is unreadable or holds an unusable value (names the key)."""
 
 
+def merge(base: dict, over: dict) -> dict:
+    """`over`'s keys replace `base`'s; where both hold an object, the two are merged the same way."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 @dataclass(frozen=True)
 class PccsOptions:
     port: int = 8081
@@ -71,17 +79,22 @@ class PccsOptions:
             raise PccsConfigError("refresh_interval_s must be > 0 and refresh_ahead_s >= 0")
 
     @classmethod
-    def load(cls, path: str | Path) -> PccsOptions:
-        p = Path(path)
-        try:
-            conf = json.loads(p.read_text())
-        except OSError as e:
-            raise PccsConfigError(f"cannot read {p}: {e.strerror or e}") from e
-        except ValueError as e:
-            raise PccsConfigError(f"{p} is not valid JSON: {e}") from e
-        if not isinstance(conf, dict):
-            raise PccsConfigError(f"{p} must hold a JSON object")
-        return cls.from_dict(conf, base=p.parent)
+    def load(cls, path: str | Path, *more: str | Path) -> PccsOptions:
+        """`more`: files merged over the first, key by key (objects such as `postgres` merged too), e.g. the
+        secrets (ApiKey, token hashes, postgres.url) from a Kubernetes Secret over a ConfigMap's settings.
+        Relative paths in any of them are relative to the first file's directory."""
+        conf: dict = {}
+        for p in map(Path, (path, *more)):
+            try:
+                part = json.loads(p.read_text())
+            except OSError as e:
+                raise PccsConfigError(f"cannot read {p}: {e.strerror or e}") from e
+            except ValueError as e:
+                raise PccsConfigError(f"{p} is not valid JSON: {e}") from e
+            if not isinstance(part, dict):
+                raise PccsConfigError(f"{p} must hold a JSON object")
+            conf = merge(conf, part)
+        return cls.from_dict(conf, base=Path(path).parent)
 
     @classmethod
     def from_dict(cls, conf: dict, base: Path = Path(".")) -> PccsOptions:

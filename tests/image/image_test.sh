@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # `make image-test`: run the built image as the manifests run it (read-only root file system, no
-# capabilities, no new privileges, no network) and check, inside it: the non-root user, the read-only
-# root, `sim init`, `serve`, a `quote` from a second container through the socket, `sim export` +
-# `verify`, `health`, a clean SIGTERM stop; and the image's size. Needs podman and runc (Debian).
+# capabilities, no new privileges, no network) and check, inside it: the non-root default user, the
+# read-only root, `sim init` and `serve` as root with no capabilities (the simulate overlay's device
+# plugin and quote service), `health` (the probes), a `quote` from a second container through the socket
+# (the sample Job), `sim export` + `verify` as the image's own user; a clean SIGTERM stop; the image's
+# size. Needs podman and runc (Debian).
 #
 #   tests/image/image_test.sh [IMAGE]        env: MAX_IMAGE_MB (default 300), QH_RUNTIME (default runc)
 set -euo pipefail
@@ -21,12 +23,14 @@ work=$(mktemp -d)
 serve_name=qh-image-test-$$
 cleanup() { podman rm -f -t 0 "$serve_name" >/dev/null 2>&1 || true; rm -rf "$work"; }
 trap cleanup EXIT
-chown 65532:65532 "$work"   # the image's user owns the state directory, as a volume would be set up
+# Root's, as /var/lib/quotehelper and /var/run/aesmd are on a node; user/ is the image's user's own.
+chmod 755 "$work" && mkdir "$work/user" && chown 65532:65532 "$work/user"
 
 # rlimits at or below this machine's (podman's defaults exceed what this VM allows); otherwise as a pod.
 run_opts=(--runtime "$RUNTIME" --network none --read-only --read-only-tmpfs=false --cap-drop all
           --security-opt no-new-privileges --ulimit nofile=4096:4096 --ulimit nproc=4096:4096 -v "$work:/data")
-qh() { podman run --rm "${run_opts[@]}" "$IMAGE" "$@"; }
+qh() { podman run --rm "${run_opts[@]}" "$IMAGE" "$@"; }           # the image's user (the webhook's way)
+qh_root() { podman run --rm "${run_opts[@]}" --user 0:0 "$IMAGE" "$@"; }  # runAsUser: 0, no capabilities
 sh_in() { podman run --rm "${run_opts[@]}" --entrypoint /bin/sh "$IMAGE" -c "$1"; }
 
 # Size.
@@ -40,18 +44,18 @@ ids=$(sh_in 'id -u; id -g' | tr '\n' ' ') || true
 if [ "$user" = "65532:65532" ] && [ "$ids" = "65532 65532 " ]; then pass "runs as $user (id: $ids)"; else fail "user: config '$user', id '$ids'"; fi
 
 # The read-only root file system: nothing under / is writable, the mounted volume is.
-out=$(sh_in 'for d in / /opt/quotehelper /tmp /var/tmp /home; do touch $d/.w 2>/dev/null && echo "writable $d"; done; touch /data/.w && echo data-ok' 2>&1) || true
+out=$(sh_in 'for d in / /opt/quotehelper /tmp /var/tmp /home; do touch $d/.w 2>/dev/null && echo "writable $d"; done; touch /data/user/.w && echo data-ok' 2>&1) || true
 if [ "$out" = "data-ok" ]; then pass "read-only root file system (only the volume is writable)"; else fail "read-only root: $out"; fi
 
-# sim init (no /tmp either: it writes only to the platform directory).
-if out=$(qh sim init --platform /data/platform 2>&1) && [ -n "$(ls -A "$work/platform" 2>/dev/null)" ]; then
+# sim init, as the device plugin creates the platform (root, no /tmp: it writes only to the platform).
+if out=$(qh_root sim init --platform /data/platform 2>&1) && [ -n "$(ls -A "$work/platform" 2>/dev/null)" ]; then
   pass "sim init"
 else
   fail "sim init: $out"
 fi
 
-# serve, as the DaemonSet runs it: its own memory /tmp, SIGTERM to stop.
-podman run -d --name "$serve_name" "${run_opts[@]}" --tmpfs /tmp:size=16m "$IMAGE" \
+# serve, as the DaemonSet runs it: root with no capabilities, its own memory /tmp, SIGTERM to stop.
+podman run -d --name "$serve_name" "${run_opts[@]}" --user 0:0 --tmpfs /tmp:size=16m "$IMAGE" \
   serve --platform /data/platform --socket /data/run/aesm.socket --workers 2 >/dev/null || fail "serve: did not start"
 for _ in $(seq 1 120); do
   [ -S "$work/run/aesm.socket" ] && break
@@ -61,15 +65,17 @@ done
 socket_up=0
 if [ -S "$work/run/aesm.socket" ]; then socket_up=1; pass "serve: socket up"; else fail "serve: no socket; log: $(podman logs "$serve_name" 2>&1 | tail -5)"; fi
 
-# health, from another container (the probes' command).
-if out=$(qh health --socket /data/run/aesm.socket --platform /data/platform 2>&1); then pass "health: $(echo "$out" | tail -1)"; else fail "health: $out"; fi
+# health, from another container (the probes' command, as the quote service's container runs it).
+if out=$(qh_root health --socket /data/run/aesm.socket --platform /data/platform 2>&1); then pass "health: $(echo "$out" | tail -1)"; else fail "health: $out"; fi
 
-# A quote from another container, through the socket.
-out=$(qh quote --platform /data/platform --socket /data/run/aesm.socket --report-data 00ff -o /data/quote.bin 2>&1) || true
+# A quote from another container, through the socket: the sample Job (root for the simulated enclave's
+# CPU secret, root's 0600 on the node; no capabilities).
+out=$(qh_root quote --platform /data/platform --socket /data/run/aesm.socket --report-data 00ff -o /data/quote.bin 2>&1) || true
 if echo "$out" | grep -q "out-of-process" && [ -s "$work/quote.bin" ]; then pass "quote through the socket: $out"; else fail "quote: $out"; fi
 
-# verify it against the platform's test root and fresh collateral.
-qh sim export --platform /data/platform --out /data/trust >/dev/null 2>&1 || true
+# verify it against the platform's test root and fresh collateral (a verifier needs no root).
+qh_root sim export --platform /data/platform --out /data/trust >/dev/null 2>&1 || true
+chmod -R a+rX "$work/trust" 2>/dev/null || true  # handed to the verifier, as a ConfigMap would be (export writes 0700)
 out=$(qh verify /data/quote.bin --collateral /data/trust/collateral.json --root-ca /data/trust/root_ca.pem 2>&1) || true
 if echo "$out" | head -1 | grep -q "OK UpToDate"; then pass "verify: $(echo "$out" | head -1)"; else fail "verify: $out"; fi
 

@@ -10,6 +10,7 @@ import json
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -230,7 +231,8 @@ def serve_cmd(listen: str, one_way: bool, once: bool, timeout: float, **kw: Any)
 @_verifying_options
 @click.option("--one-way", is_flag=True, help="Present no certificate (the server must not ask for one).")
 @click.option("--message", default="hello", show_default=True, help="Line sent once the server is accepted.")
-@timeout_option("for the quote, the connection, the handshake and the reply", 30.0)
+@timeout_option("for the quote, the connection (refused connections are retried), the handshake and the reply",
+                30.0)
 def connect_cmd(address: str, one_way: bool, message: str, timeout: float, **kw: Any) -> None:
     """Attested TLS client: judges the server's certificate, then sends --message and prints the reply."""
     from quotehelper.ratls import RatlsCode, RatlsError, tls
@@ -239,8 +241,16 @@ def connect_cmd(address: str, one_way: bool, message: str, timeout: float, **kw:
     try:
         creds = None if one_way else _credentials(timeout=timeout, **making)
         verifier = _peer_verifier(**verifying)
-        with tls.connect(_address(address), tls.client_context(verifier, creds), verifier, nonce=verifying["nonce"],
-                         timeout=timeout) as conn:
+        ctx, end = tls.client_context(verifier, creds), time.monotonic() + timeout
+        while True:  # a server still starting (a pod not yet listening) is waited for, within --timeout
+            try:
+                conn = tls.connect(_address(address), ctx, verifier, nonce=verifying["nonce"], timeout=timeout)
+                break
+            except ConnectionRefusedError:
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.2)
+        with conn:
             assert conn.peer is not None
             click.echo(f"peer: {conn.peer.summary()}", err=True)
             conn.sendall(message.encode() + b"\n")

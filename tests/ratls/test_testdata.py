@@ -124,3 +124,14 @@ def test_openssl_hands_the_verify_callback_the_exact_bytes(name):
     pem_text = (RATLS_DATA / CERTS[name][0]).read_bytes()
     der = crypto.dump_certificate(crypto.FILETYPE_ASN1, crypto.load_certificate(crypto.FILETYPE_PEM, pem_text))
     assert der == der_of(name)
+
+
+def test_now_is_unix_seconds_or_an_aware_datetime():
+    from datetime import datetime
+
+    from quotehelper.inputs import InputError
+
+    seconds = ratls_verifier(LENIENT).verify(der_of("rats-tls"), now=1755236700)
+    assert seconds.ok and seconds.verdict.status == "OutOfDate"
+    with pytest.raises(InputError):
+        ratls_verifier(LENIENT).verify(der_of("rats-tls"), now=datetime(2025, 8, 15))  # naive: ambiguous

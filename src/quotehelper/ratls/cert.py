@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from quotehelper.errors import QuoteHelperError
+from quotehelper.inputs import TimeLike, as_utc
 from quotehelper.ratls import formats as f
 from quotehelper.ratls.collateral import as_collateral
 from quotehelper.ratls.errors import RatlsCode, RatlsError
@@ -96,13 +97,14 @@ def _quote(quoter: Quoter, report_data: bytes) -> bytes:
 
 def make_certificate(quoter: Quoter, options: RatlsOptions | None = None, *,
                      key: ec.EllipticCurvePrivateKey | None = None, nonce: bytes | None = None,
-                     collateral: Any = None, now: dt.datetime | None = None) -> Credentials:
+                     collateral: Any = None, now: TimeLike | None = None) -> Credentials:
     """A self-signed RA-TLS certificate for `key` (default: a new key on `options.curve`).
 
     Extensions (all non-critical): 2.23.133.5.4.9 evidence `60000([quote, claims])`, claims =
     {"pubkey-hash": [alg, hash(SPKI)], "nonce"?}; optional legacy extension (`options.legacy_extension`);
     endorsements 2.23.133.5.4.2 when `collateral` is given (verify.Collateral, or an object with
-    `to_dcap_qvl_json()`), so a peer can verify offline. Raises RatlsError(QUOTE_FAILED)."""
+    `to_dcap_qvl_json()`), so a peer can verify offline. `now` (unix seconds or an aware datetime; default
+    the current time) starts the validity, `options.validity_s` long. Raises RatlsError(QUOTE_FAILED)."""
     opts = options or RatlsOptions()
     curve, sig_hash = _CURVES[opts.curve]
     key = key or ec.generate_private_key(curve())
@@ -112,7 +114,7 @@ def make_certificate(quoter: Quoter, options: RatlsOptions | None = None, *,
                                          serialization.PublicFormat.SubjectPublicKeyInfo)
     claims = f.encode_claims(spki, opts.pubkey_hash, nonce)
     quote = _quote(quoter, f.report_data_for(claims))
-    t = now or dt.datetime.now(dt.UTC)
+    t = dt.datetime.now(dt.UTC) if now is None else as_utc(now, "now")
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, opts.subject_cn)])
     b = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
          .serial_number(x509.random_serial_number()).not_valid_before(t - dt.timedelta(minutes=1))

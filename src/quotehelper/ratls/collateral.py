@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 from typing import Any, Protocol
 
+from quotehelper.inputs import as_path
 from quotehelper.verify.collateral import Collateral, load_collateral
 
 
@@ -44,7 +44,7 @@ class FileCollateral:
     path's modification time changes. Raises VerificationError(COLLATERAL_MALFORMED) on bad files."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+        self.path = as_path(path, "collateral path")
         self._lock = threading.Lock()
         self._stamp: float | None = None
         self._value: Collateral | None = None

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from quotehelper.errors import FormatError
+from quotehelper.inputs import TimeLike, as_utc
 from quotehelper.ratls import formats as f
 from quotehelper.ratls.collateral import CollateralSource
 from quotehelper.ratls.errors import RatlsCode, RatlsError
@@ -207,13 +208,15 @@ class RatlsVerifier:
         self.verifier = verifier or Verifier()
         self.collateral = collateral
 
-    def verify(self, cert: bytes, *, nonce: bytes | None = None, now: datetime | None = None) -> PeerVerdict:
+    def verify(self, cert: bytes, *, nonce: bytes | None = None, now: TimeLike | None = None) -> PeerVerdict:
         """`cert`: PEM or DER. `nonce`: the value the peer's claims must carry (required when
-        `options.require_nonce`). `now`: verification time (default: the current time). Never raises
-        for a bad certificate: the PeerVerdict carries the RatlsError."""
+        `options.require_nonce`). `now`: verification time, unix seconds or an aware datetime (default:
+        the current time; a naive datetime raises InputError). Never raises for a bad certificate: the
+        PeerVerdict carries the RatlsError."""
+        when = datetime.now(UTC) if now is None else as_utc(now, "now")
         facts: dict[str, Any] = {}
         try:
-            return self._verify(cert, nonce, now or datetime.now(UTC), facts)
+            return self._verify(cert, nonce, when, facts)
         except RatlsError as e:
             return PeerVerdict(error=e, **facts)
 

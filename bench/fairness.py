@@ -62,17 +62,47 @@ class Bench:
         os.chmod(self.gen.binary, 0o755)
         self.pods = PodCgroups()
         self.root = os.geteuid() == 0
+        self.roles: dict[str, str] = {}  # tenant metrics label -> polite / flood
         for i, f in enumerate(self.frames):
             (tmp / f"frame{i}.bin").write_bytes(f)
 
     def who(self, uid: int) -> dict[str, Any]:
+        """spawn() arguments for a tenant; remembers its metrics label as "polite" or "flood"."""
         if not self.root:
             return {}
-        return {"uid": uid, "gid": uid, "cgroup": self.pods.pod()[0] if not self.pods.unavailable else None}
+        role = "polite" if uid == POLITE_UID else "flood"
+        if self.pods.unavailable:
+            self.roles[f"uid:{uid}"] = role
+            return {"uid": uid, "gid": uid}
+        cgroup, pod_uid = self.pods.pod()
+        self.roles[f"pod:{pod_uid}"] = role
+        return {"uid": uid, "gid": uid, "cgroup": cgroup}
 
     def service(self, tenant_by: str) -> ServiceProcess:
+        self.err = (self.tmp / "serve.err").open("wb")
         return ServiceProcess(self.tmp / "aesm.socket", self.platform.platform_dir, workers=self.args.workers,
-                              extra=["--tenant-by", tenant_by])
+                              extra=["--tenant-by", tenant_by, "--metrics-addr", "127.0.0.1:0"],
+                              stderr=self.err.fileno())
+
+    def queue_waits(self) -> dict[str, tuple[float, int]]:
+        """Per-tenant (mean seconds, count) engine calls waited in the service's fair queue: the service's
+        own share of the latency, apart from the CPUs the processes share."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        time.sleep(1.3)  # workers write their per-tenant counts once a second
+        text = (self.tmp / "serve.err").read_text()
+        url = text.split("metrics on ", 1)[1].split()[0]
+        with urllib.request.urlopen(url, timeout=10) as r:
+            fams = text_string_to_metric_families(r.read().decode())
+        sums: dict[str, list[float]] = {}
+        for fam in fams:
+            if fam.name == "quotehelper_aesm_tenant_queue_wait_seconds":
+                for smp in fam.samples:
+                    v = sums.setdefault(smp.labels["tenant"], [0.0, 0])
+                    v[0 if smp.name.endswith("_sum") else 1] += smp.value
+        return {t: (s / c if c else 0.0, int(c)) for t, (s, c) in sums.items()}
 
     def polite_run(self, sock: str, n: int, delay: float) -> Any:
         return spawn(polite, sock, self.frames, n, self.args.interval, delay, **self.who(POLITE_UID))
@@ -91,7 +121,9 @@ class Bench:
                 attacker = spawn(hold, sock, conns, 1.5 + n * 0.2, **self.who(FLOOD_UID))
             p = self.polite_run(sock, n, {"alone": 0.2, "flood": 1.0, "hold": 1.5}[kind]).result(600)
             a = attacker.result(600) if attacker is not None else {}
-        return {"polite": p, "attacker": a, "n": n}
+            waits = self.queue_waits()
+        self.err.close()
+        return {"polite": p, "attacker": a, "n": n, "waits": waits}
 
     def run(self, tenant_by: str) -> None:
         call = {0: "InitQuoteEx", 2: "GetQuoteEx"}
@@ -121,8 +153,11 @@ class Bench:
         p = r["polite"]
         lat = p["latency_ms"]
         p99 = pct(lat, 99)
-        print(f"{label:34} {pct(lat, 50):10.1f} {p99:8.1f} {p99 / base:9.2f} {r['n'] - p['ok']:7d}  {extra}",
-              flush=True)
+        # Mean time engine calls waited in the service's fair queue, per tenant (the service's own share).
+        w = ", ".join(f"{self.roles[t]} {m * 1000:.2f} ms" for t, (m, _) in sorted(r["waits"].items())
+                      if t in self.roles)
+        print(f"{label:34} {pct(lat, 50):10.1f} {p99:8.1f} {p99 / base:9.2f} {r['n'] - p['ok']:7d}  {extra}"
+              f"{'; ' if extra else ''}queue wait {w}", flush=True)
 
 
 def main() -> None:

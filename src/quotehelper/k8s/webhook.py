@@ -5,7 +5,8 @@ GET  /healthz 200 "ok" (the Deployment's probes)
 
 A pod that did not opt in is always allowed unchanged. Every request gets an HTTP answer, never a
 dropped connection: malformed input 400 with a reason, an oversized body 413, a request not complete
-within its deadline 408, a full server 503, a bug of ours 500. Limits (`WebhookLimits`): body size,
+within its deadline 408, a bug of ours 500. Connections beyond `max_connections` (counted from the
+accept, TLS handshakes included) are closed before any TLS, at no cost. Limits (`WebhookLimits`): body size,
 JSON nesting depth, integer digits, one deadline for the whole request (TLS handshake, headers, body,
 answer) and a bound on open connections. The server is one asyncio loop on one thread, so slow clients
 cost a little memory each, never a thread.
@@ -44,7 +45,7 @@ class WebhookLimits:
     max_int_digits: int = 20     # int64 needs 19 digits and a sign
     deadline: float = REQUEST_TIMEOUT  # the whole request, from its first byte (or the accept) to the answer
     idle: float = 60.0           # a kept-alive connection waiting for its next request
-    max_connections: int = 256   # open connections; beyond it a new one gets 503 and is closed
+    max_connections: int = 64    # open connections, handshakes included (~300 KB each); beyond: closed at once
     max_header_bytes: int = 16 * 1024
 
 
@@ -161,6 +162,9 @@ class WebhookServer:
         self.socket, self.tls, self.cfg, self.limits = sock, tls, cfg, limits
         self.server_address = sock.getsockname()[:2]
         self.active = 0
+        # Connections still waiting for (the rest of) a request, oldest first: at the bound the oldest is
+        # dropped for a new one, so stalled clients cannot hold every slot (a slowloris) against a live one.
+        self.waiting: dict[asyncio.StreamWriter, None] = {}
         self._loop = asyncio.new_event_loop()
         self._stop: asyncio.Event | None = None
         self._started = threading.Event()
@@ -187,9 +191,9 @@ class WebhookServer:
     async def _main(self) -> None:
         self._stop = asyncio.Event()
         self._loop.set_exception_handler(lambda _loop, ctx: log.debug("connection: %s", ctx.get("message")))
-        server = await asyncio.start_server(self._client, sock=self.socket, ssl=self.tls,
-                                            ssl_handshake_timeout=self.limits.deadline,
-                                            limit=self.limits.max_header_bytes)
+        # TLS is started per connection, after the connection bound: asyncio gives every TLS connection a
+        # 256 KiB buffer, so 1,000 stalled handshakes cost ~330 MB if accepted blindly (measured).
+        server = await asyncio.start_server(self._client, sock=self.socket, limit=self.limits.max_header_bytes)
         self._started.set()
         async with server:
             await self._stop.wait()
@@ -197,14 +201,23 @@ class WebhookServer:
     # ---- one connection -------------------------------------------------------------------------
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            if self.active >= self.limits.max_connections:
-                await self._send(writer, HTTPStatus.SERVICE_UNAVAILABLE, {"error": "too many connections"},
-                                 loop.time() + 1.0, keep=False)
+        if self.active >= self.limits.max_connections:
+            if not self.waiting:
+                writer.transport.abort()  # every slot is answering a request: refused before any TLS
                 return
-            self.active += 1
+            oldest = next(iter(self.waiting))
+            del self.waiting[oldest]
+            oldest.transport.abort()  # its task sees the connection lost and frees its slot
+        self.active += 1
+        self.waiting[writer] = None
+        raw_transport = writer.transport
+        try:
+            deadline = loop.time() + self.limits.deadline  # the first request: counted from the accept
+            async with asyncio.timeout_at(deadline):
+                await writer.start_tls(self.tls)
+            if writer.transport is None:  # lost during the handshake (e.g. dropped for a new one)
+                return
             try:
-                deadline = loop.time() + self.limits.deadline  # the first request: counted from the accept
                 while True:
                     if deadline is None:  # kept alive: the next request's deadline starts at its first byte
                         async with asyncio.timeout(self.limits.idle):
@@ -214,13 +227,17 @@ class WebhookServer:
                         first = b""
                     if not await self._request(reader, writer, first, deadline):
                         return
+                    self.waiting[writer] = None  # kept alive: waiting again
                     deadline = None
             finally:
-                self.active -= 1
+                writer.close()
         except (TimeoutError, ConnectionError, ssl.SSLError, OSError):
-            return  # idle timeout or a client gone: nothing left to answer
+            raw_transport.abort()  # a handshake past its deadline, an idle timeout, or a client gone
         finally:
-            writer.close()
+            if writer.transport is None:  # CPython 3.11 leaves None after a lost TLS connection, and
+                writer._transport = raw_transport  # StreamWriter.__del__ then trips over it
+            self.active -= 1
+            self.waiting.pop(writer, None)
 
     async def _request(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes,
                        deadline: float) -> bool:
@@ -228,7 +245,7 @@ class WebhookServer:
         try:
             async with asyncio.timeout_at(deadline):
                 method, path, headers, keep = await self._head(reader, first)
-                status, body, ctype = await self._route(reader, method, path, headers)
+                status, body, ctype = await self._route(reader, writer, method, path, headers)
         except _Reply as r:
             await self._send(writer, r.status, {"error": str(r)}, deadline + 1.0, keep=False)
             return False
@@ -269,7 +286,7 @@ class WebhookServer:
         keep = (parts[2] == "HTTP/1.1" and conn != "close") or conn == "keep-alive"
         return parts[0], parts[1], headers, keep
 
-    async def _route(self, reader: asyncio.StreamReader, method: str, path: str,
+    async def _route(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, method: str, path: str,
                      headers: dict[str, str]) -> tuple[HTTPStatus, Any, str]:
         if "transfer-encoding" in headers:
             raise _Reply(HTTPStatus.LENGTH_REQUIRED, "chunked bodies are not accepted; send Content-Length")
@@ -280,6 +297,7 @@ class WebhookServer:
         if length > self.limits.max_body:
             raise _Reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes (max {self.limits.max_body})")
         raw = await reader.readexactly(length) if length else b""
+        self.waiting.pop(writer, None)  # a whole request: answering it, no longer evictable
         route = path.split("?", 1)[0]
         if method == "GET" and route in ("/healthz", "/readyz"):
             return HTTPStatus.OK, "ok", "text/plain"

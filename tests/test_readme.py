@@ -1,12 +1,14 @@
 """README.md's examples run as written: every ```sh and ```python block is executed from the repository
 root (sh with `bash -e`), except those preceded by `<!-- readme-test: skip REASON -->` (a cluster, the
 test suite itself); `<!-- readme-test: exit N -->` says the block ends in a command that exits N. Two substitutions keep runs apart: `/tmp/qh` becomes a fresh temporary directory,
-and `.venv/bin/` this interpreter's bin directory."""
+and `.venv/bin/` this interpreter's bin directory; `127.0.0.1:8443` becomes a free port (several test runs
+share this machine)."""
 
 from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +51,11 @@ def test_example_runs(lang: str, code: str, skip: str | None, tmp_path: Path) ->
     unsafe = _UNSAFE.search(code)
     assert unsafe is None, f"an unmarked example runs {unsafe.group(0).strip()!r}: mark it '<!-- readme-test: skip ... -->'"
     expected = int(skip.removeprefix("exit ")) if skip else 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     code = code.replace("/tmp/qh", str(tmp_path)).replace(".venv/bin/", f"{BIN}/")
+    code = code.replace("127.0.0.1:8443", f"127.0.0.1:{port}")
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("SGX_AESM_ADDR", None)
     cmd = ["bash", "-e", "-c", code] if lang == "sh" else [sys.executable, "-c", code]

@@ -1,8 +1,8 @@
 """README.md's examples run as written: every ```sh and ```python block is executed from the repository
 root (sh with `bash -e`), except those preceded by `<!-- readme-test: skip REASON -->` (a cluster, the
-test suite itself); `<!-- readme-test: exit N -->` says the block ends in a command that exits N. Two substitutions keep runs apart: `/tmp/qh` becomes a fresh temporary directory,
-and `.venv/bin/` this interpreter's bin directory; `127.0.0.1:8443` becomes a free port (several test runs
-share this machine)."""
+test suite itself); `<!-- readme-test: exit N -->` says the block ends in a command that exits N.
+Substitutions keep runs apart (several share this machine): `/tmp/qh` becomes a fresh temporary
+directory, `.venv/bin/` this interpreter's bin directory, `127.0.0.1:8443` a free port."""
 
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ with the upstream down, and serves collateral for a software platform that verif
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -265,7 +266,8 @@ def _wait(url: str, proc: subprocess.Popen, deadline_s: float = 60) -> None:
 def test_the_simulate_pod_serves_collateral_that_verifies(rendered, tmp_path):
     """The rendered pod's PCCS and PCS commands (only ports and host paths moved into tmp): the PCCS
     answers its probe path before the PCS is up, then serves collateral for a platform of the node's
-    PKI that verifies under that PKI's root."""
+    PKI that verifies under that PKI's root; `quotehelper verify` with no --pccs-url finds it through
+    $PCCS_URL, as in the quote service's pods."""
     from quotehelper.pcs import CollateralClient, PcsOptions
     from quotehelper.platform.sim import SimPlatform
     from quotehelper.verify import TrustAnchor, Verifier, VerifyOptions
@@ -304,6 +306,18 @@ def test_the_simulate_pod_serves_collateral_that_verifies(rendered, tmp_path):
         verdict = verifier.verify(quote, fetched.collateral)
         assert verdict.valid and verdict.status == plat.tcb_status == "UpToDate", verdict
         assert set(fetched.sources) and fetched.urls and all(u.startswith(base) for u in fetched.urls.values())
+        # The CLI verifier with no --pccs-url, as in the quote service's pods: $PCCS_URL names the PCCS.
+        (tmp_path / "quote.bin").write_bytes(quote)
+        (tmp_path / "root.pem").write_bytes(plat.root_ca_pem())
+        env = {k: v for k, v in os.environ.items() if k not in ("QCNL_CONF_PATH",)}
+        r = subprocess.run(qh + ["verify", str(tmp_path / "quote.bin"), "--root-ca", str(tmp_path / "root.pem")],
+                           env={**env, "PCCS_URL": base + "/sgx/certification/v4/"}, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0 and "UpToDate" in r.stdout + r.stderr, (r.returncode, r.stdout, r.stderr)
+        r = subprocess.run(qh + ["verify", str(tmp_path / "quote.bin"), "--root-ca", str(tmp_path / "root.pem")],
+                           env={**env, "PCCS_URL": "", "QCNL_CONF_PATH": str(tmp_path / "none.conf")},
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and "no collateral service" in r.stderr  # it was $PCCS_URL that named it
     finally:
         for p in procs:
             p.terminate()

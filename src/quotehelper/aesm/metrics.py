@@ -334,7 +334,12 @@ class _SupervisorCollector:
                                  labels=["engine", "version"])
         info.add_metric([e.engine, e.version], 1)
         yield info
-        yield from self._tenants()
+        try:
+            tenants = list(self._tenants())
+        except Exception:  # the per-tenant part must never fail the whole scrape
+            log.exception("per-tenant metrics unavailable for this scrape")
+            tenants = []
+        yield from tenants
 
     def _tenants(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, SummaryMetricFamily

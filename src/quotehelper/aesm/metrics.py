@@ -267,6 +267,9 @@ class MetricsEndpoint:
                  restarts: Callable[[], int], workers: Callable[[], int], tenants: int = 10) -> None:
         self.addr = addr
         self.tenants = tenants  # tenants with their own label value
+        import threading
+
+        self._files_lock = threading.Lock()
         self.engine = engine
         self.version = version
         self._restarts = restarts
@@ -289,7 +292,7 @@ class MetricsEndpoint:
             from prometheus_client.multiprocess import MultiProcessCollector
 
             registry = CollectorRegistry()
-            MultiProcessCollector(registry, path=self.directory)
+            registry.register(_Serialized(MultiProcessCollector(None, path=self.directory), self._files_lock))
             registry.register(_SupervisorCollector(self))
             self._httpd, self._thread = start_http_server(self.addr[1], self.addr[0], registry=registry)
         except BaseException:
@@ -300,7 +303,8 @@ class MetricsEndpoint:
         from prometheus_client.multiprocess import mark_process_dead
 
         if self.directory is not None:
-            mark_process_dead(pid, self.directory)
+            with self._files_lock:  # not while a scrape reads the files it removes (that scrape would fail)
+                mark_process_dead(pid, self.directory)
 
     def close(self) -> None:
         if self._httpd is not None:
@@ -315,6 +319,17 @@ class MetricsEndpoint:
             if os.environ.get("PROMETHEUS_MULTIPROC_DIR") == self.directory:
                 del os.environ["PROMETHEUS_MULTIPROC_DIR"]
             self.directory = None
+
+
+class _Serialized:
+    """A collector run under a lock (the HTTP server's thread vs mark_process_dead on the event loop)."""
+
+    def __init__(self, inner: Any, lock: Any) -> None:
+        self.inner, self.lock = inner, lock
+
+    def collect(self) -> Iterator[Any]:
+        with self.lock:
+            return iter(list(self.inner.collect()))
 
 
 class _SupervisorCollector:

@@ -109,17 +109,25 @@ class Faults:
     delay_s: float = 0.0
     body: Callable[[bytes], bytes] | None = None
     headers: Callable[[dict], dict] | None = None
+    rewrite: Callable[[str], str] | None = None  # the upstream path for a matching request
+    location: str = ""
+    extra_headers: dict | None = None
     hits: int = 0
+    seen_headers: list[dict] = field(default_factory=list)
 
 
 def fault_proxy(upstream: str, faults: Faults) -> web.Application:
     async def handle(req: web.Request) -> web.StreamResponse:
-        async with ClientSession() as s, s.get(upstream + req.path_qs) as r:
+        target = req.path_qs
+        if faults.rewrite is not None and (not faults.route or faults.route in req.path):
+            target = faults.rewrite(target)
+        async with ClientSession() as s, s.get(upstream + target) as r:
             body, headers = await r.read(), {k: v for k, v in r.headers.items()
                                              if k.lower() not in ("content-length", "transfer-encoding", "date",
                                                                   "server", "content-encoding")}
             status = r.status
         f = faults
+        f.seen_headers.append(dict(req.headers))
         if f.mode == "pass" or (f.route and f.route not in req.path) or f.hits >= f.times:
             return web.Response(body=body, status=status, headers=headers)
         f.hits += 1
@@ -142,6 +150,20 @@ def fault_proxy(upstream: str, faults: Faults) -> web.Application:
         if f.mode == "replace_headers":
             assert f.headers is not None
             return web.Response(body=body, status=status, headers=f.headers(headers))
+        if f.mode == "split":  # the whole body, in two writes with a pause between (as a slow network)
+            resp = web.StreamResponse(status=status, headers=headers)
+            await resp.prepare(req)
+            await resp.write(body[: len(body) // 2])
+            await asyncio.sleep(f.delay_s or 0.3)
+            await resp.write(body[len(body) // 2:])
+            await resp.write_eof()
+            return resp
+        if f.mode == "redirect":
+            return web.Response(status=302, headers={"Location": f.location})
+        if f.mode == "rewritten":
+            return web.Response(body=body, status=status, headers=headers)
+        if f.mode == "headers_only":
+            return web.Response(body=body, status=status, headers={**headers, **(f.extra_headers or {})})
         raise AssertionError(f.mode)
 
     app = web.Application()

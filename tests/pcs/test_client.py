@@ -154,7 +154,7 @@ def test_fault_is_named_nothing_is_cached_and_a_later_good_answer_is_used(proxie
             PcsCode.VERIFICATION_FAILED, "TCB_INFO_EXPIRED"
     elif name == "TCB info of another FMSPC":
         setup, code, text = dict(mode="replace_body", route="/tcb", body=_other_fmspc(env)), \
-            PcsCode.VERIFICATION_FAILED, "is for FMSPC 00A067110000, the quote's is 00906ED50000"
+            PcsCode.VERIFICATION_FAILED, "TCB_INFO_MISMATCH: fmspc is '00A067110000', asked for '00906ED50000'"
     else:
         setup, code, text = FAULTS[name]
     for k, v in setup.items():

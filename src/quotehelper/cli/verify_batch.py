@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from quotehelper.cli.inspect_cmd import _read_quote_file
+from quotehelper.cli.verify_cmd import EXIT_INPUT, EXIT_INVALID, EXIT_OK, EXIT_POLICY
 from quotehelper.verify import (
     Collateral,
     ErrorCode,
@@ -24,9 +25,9 @@ from quotehelper.verify import (
     VerifyOptions,
 )
 from quotehelper.verify.collateral import load_collateral
+from quotehelper.verify.quote_checks import load_quote
 from quotehelper.verify.verdict import Verdict
 
-EXIT_OK, EXIT_INVALID, EXIT_INPUT, EXIT_POLICY = 0, 1, 2, 3
 SKIP_SUFFIXES = {".json", ".pem", ".der", ".crl", ".md", ".txt", ".yaml", ".yml", ".jsonl"}
 _CHUNK = 64
 
@@ -65,7 +66,7 @@ def _verify_chunk(chunk: list[tuple[int, str, Any]]) -> list[tuple[int, str, dic
 
 
 def _collateral_keys(files: list[Path], collateral: Collateral | None, client: Any,
-                     out: Any) -> tuple[list[tuple[int, str, Any]], dict[Any, Collateral], list[int]]:
+                     out: Any) -> tuple[list[tuple[int, str, Any]], dict[Any, Collateral], list[int], int]:
     """Which collateral each quote uses: NAME.collateral.json beside it, else --collateral, else fetched
     once per (TEE, FMSPC, CA). Quotes whose collateral cannot be had get an error line now."""
     from quotehelper.pcs import PcsError
@@ -74,6 +75,7 @@ def _collateral_keys(files: list[Path], collateral: Collateral | None, client: A
     jobs: list[tuple[int, str, Any]] = []
     colls: dict[Any, Collateral] = {}
     codes: list[int] = []
+    skipped: list[str] = []
     failed: dict[Any, PcsError] = {}
     for i, path in enumerate(files):
         own = path.with_name(path.name + ".collateral.json")
@@ -86,6 +88,7 @@ def _collateral_keys(files: list[Path], collateral: Collateral | None, client: A
                 colls[key] = collateral
             else:
                 quote = _read_quote_file(path)
+                load_quote(quote)  # a damaged quote is an invalid quote (exit 1), as with --collateral
                 needs = needs_for(quote)
                 key = (needs.tee, needs.fmspc, needs.ca) if needs.fmspc else ("quote", str(path))
                 if key in failed:
@@ -96,9 +99,15 @@ def _collateral_keys(files: list[Path], collateral: Collateral | None, client: A
                     except PcsError as e:
                         failed[key] = e
                         raise
-        except (PcsError, VerificationError) as e:
-            if getattr(e, "code", None) is not None and e.code.value in ("UNSUPPORTED_QUOTE", "NOT_A_QUOTE"):
-                continue  # not a quote: skipped like the verifier's NOT_A_QUOTE
+        except VerificationError as e:  # from load_quote: not a quote (skipped), or a damaged one
+            if e.code is ErrorCode.NOT_A_QUOTE:
+                skipped.append(str(path))
+                continue
+            v = Verdict(valid=False, error=e)
+            out.write(json.dumps({"file": str(path), **v.to_dict()}) + "\n")
+            codes.append(v.exit_code())
+            continue
+        except PcsError as e:
             out.write(json.dumps({"file": str(path), "valid": False, "error": e.to_dict()}) + "\n")
             codes.append(EXIT_INPUT)
             continue
@@ -107,16 +116,16 @@ def _collateral_keys(files: list[Path], collateral: Collateral | None, client: A
             codes.append(EXIT_INPUT)
             continue
         jobs.append((i, str(path), key))
-    return jobs, colls, codes
+    return jobs, colls, codes, len(skipped)
 
 
 def run_batch(directory: Path, out: Any, settings: BatchSettings, *, collateral: Collateral | None,
               client: Any, jobs: int) -> int:
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() not in SKIP_SUFFIXES
                    and not p.name.endswith(".collateral.json"))
-    work, colls, codes = _collateral_keys(files, collateral, client, out)
+    work, colls, codes, not_quotes = _collateral_keys(files, collateral, client, out)
     chunks = [work[i:i + _CHUNK] for i in range(0, len(work), _CHUNK)]
-    counts = {"accepted": 0, "rejected": 0, "invalid": 0, "not quotes": 0}
+    counts = {"accepted": 0, "rejected": 0, "invalid": len(codes), "not quotes": not_quotes}
 
     def results() -> Iterator[list[tuple[int, str, dict, int, bool]]]:
         if jobs <= 1 or len(chunks) <= 1:

@@ -28,8 +28,7 @@ from quotehelper.verify import (
 from quotehelper.verify.collateral import load_collateral
 from quotehelper.verify.verdict import Verdict
 
-EXIT_OK, EXIT_INVALID, EXIT_INPUT, EXIT_POLICY = 0, 1, 2, 3
-_SKIP_SUFFIXES = {".json", ".pem", ".der", ".crl", ".md", ".txt", ".yaml", ".yml", ".jsonl"}
+EXIT_OK, EXIT_INVALID, EXIT_INPUT, EXIT_POLICY = 0, 1, 2, 3  # verify_batch and the tests use these
 
 
 def parse_time(value: str) -> datetime:
@@ -93,6 +92,13 @@ def verify_cmd(quote: Path | None, collateral_path: Path | None, root_ca: Path |
 
     if (quote is None) == (batch is None):
         raise click.UsageError("give either QUOTE or --batch DIR")
+    if jobs is not None and batch is None:
+        raise click.UsageError("--jobs goes with --batch")
+    fetching = [o for o, v in (("--pccs-url", service["pccs_url"]), ("--pcs", service["use_intel_pcs"]),
+                               ("--cache", service["cache_dir"]), ("--offline", service["offline"])) if v]
+    if collateral_path is not None and fetching:
+        raise click.UsageError(f"--collateral reads files; {', '.join(fetching)} fetch from a service: give one or "
+                               "the other")
     now = parse_time(now_text) if now_text else None
     url = None
     if collateral_path is None:
@@ -120,7 +126,13 @@ def verify_cmd(quote: Path | None, collateral_path: Path | None, root_ca: Path |
     raw = _read_quote_file(quote)
     if collateral is None:
         from quotehelper.pcs import PcsError
+        from quotehelper.verify.quote_checks import load_quote
 
+        try:
+            load_quote(raw)  # a damaged quote is invalid (exit 1), not a fetch failure
+        except VerificationError as e:
+            _finish(Verdict(valid=False, error=e), str(quote), as_json)
+            return
         try:
             fetched = client.fetch(raw)
         except PcsError as e:
@@ -129,9 +141,12 @@ def verify_cmd(quote: Path | None, collateral_path: Path | None, root_ca: Path |
         collateral = fetched.collateral
         for w in fetched.warnings:
             click.echo(f"warning: {w}", err=True)
-    v = verifier.verify(raw, collateral)
+    _finish(verifier.verify(raw, collateral), str(quote), as_json)
+
+
+def _finish(v: Verdict, source: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(v.to_dict(), indent=2))
     else:
-        _print_verdict(v, str(quote))
+        _print_verdict(v, source)
     sys.exit(v.exit_code())

@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from quotehelper.pccs.checks import ItemRejected
 from quotehelper.pccs.service import TEXT, Pccs, PccsHttpError, Spec
 from quotehelper.pccs.transfer import import_collateral
+from quotehelper.verify.items import ItemRejected
 
 log = logging.getLogger("quotehelper.pccs")
 PCCS_KEY: web.AppKey[Pccs] = web.AppKey("pccs", Pccs)
@@ -47,7 +47,7 @@ def _update(req: web.Request) -> tuple[str, int | None]:
     n = req.query.get("tcbEvaluationDataNumber")
     if n is None:
         return update, None
-    if not n.isdigit() or len(n) > 9:
+    if not re.fullmatch(r"[0-9]{1,9}", n):  # ASCII digits (isdigit() takes "²")
         raise PccsHttpError(400, "tcbEvaluationDataNumber must be a non-negative integer")
     return update, int(n)
 

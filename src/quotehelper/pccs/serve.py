@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import signal
 import ssl
 import sys
 
@@ -16,6 +15,7 @@ from quotehelper.pccs.app import make_app
 from quotehelper.pccs.config import PccsConfigError, PccsOptions
 from quotehelper.pccs.db import make_engine, migrate
 from quotehelper.pccs.service import Pccs
+from quotehelper.pcs.serve import serve_until_signal
 
 log = logging.getLogger("quotehelper.pccs")
 
@@ -79,21 +79,22 @@ def run(options: PccsOptions) -> None:
         options.log_level.lower(), logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
-    async def main() -> None:
+    state: list = []
+
+    async def begin() -> None:
         runner, url, task = await start(options)
+        state.extend((runner, task))
         print(f"PCCS ({options.mode}) at {url}/sgx/certification/v4/, upstream {options.uri}", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+
+    async def end() -> None:
+        runner, task = state
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await runner.cleanup()
 
     try:
-        asyncio.run(main())
+        asyncio.run(serve_until_signal(begin, end))
     except PccsConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

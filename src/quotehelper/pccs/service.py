@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from quotehelper.pccs.checks import Checked, ItemChecker, ItemRejected, utcnow
 from quotehelper.pccs.config import PccsOptions
 from quotehelper.pccs.metrics import PccsMetrics
 from quotehelper.pccs.selection import PckCandidate, SelectionError, select_pck
@@ -30,6 +29,7 @@ from quotehelper.pccs.store import CollateralDao, PlatformDao, RegistrationDao, 
 from quotehelper.pcs.errors import PcsCode, PcsError
 from quotehelper.pcs.http import AiohttpGetter, Getter, Response, get_with_retry
 from quotehelper.pcs.urls import Endpoints
+from quotehelper.verify.items import Checked, ItemChecker, ItemRejected, utcnow
 
 log = logging.getLogger("quotehelper.pccs")
 

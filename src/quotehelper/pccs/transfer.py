@@ -14,9 +14,9 @@ import time
 import urllib.parse
 from typing import TYPE_CHECKING, Any
 
-from quotehelper.pccs.checks import ItemRejected, utcnow
 from quotehelper.pccs.selection import PckCandidate, SelectionError
 from quotehelper.pccs.store import Row
+from quotehelper.verify.items import ItemRejected, utcnow
 
 if TYPE_CHECKING:
     from quotehelper.pccs.service import Pccs

@@ -25,7 +25,8 @@ CREATE TABLE IF NOT EXISTS items (
     chain BLOB,                    -- issuer chain PEM (decoded from the header)
     url TEXT NOT NULL,
     fetched_at REAL NOT NULL,      -- unix seconds
-    not_after REAL NOT NULL        -- unix seconds: nextUpdate of the item
+    not_after REAL NOT NULL,       -- unix seconds: nextUpdate of the item
+    evaluation_number INTEGER      -- tcbEvaluationDataNumber of a TCB info / identity
 )
 """
 
@@ -41,24 +42,28 @@ class Item:
     url: str
     fetched_at: float
     not_after: float
+    evaluation_number: int | None = None
 
 
 class CollateralCache:
-    """Thread-safe; one connection per thread. `path` is a file, or a directory (then `collateral.db`
-    inside it, created 0700)."""
+    """Thread-safe; one connection per thread. `path` is a directory (created 0700) holding `collateral.db`."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        p = Path(path)
-        if p.is_dir() or not p.suffix:
-            p.mkdir(mode=0o700, parents=True, exist_ok=True)
-            p = p / "collateral.db"
+        d = Path(path)
+        try:
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise PcsError(PcsCode.CACHE_UNUSABLE, f"cannot create the cache directory {d}: {e.strerror or e}",
+                           {"cache": str(d)}) from e
+        p = d / "collateral.db"
         self.path = p
         self._local = threading.local()
         try:
             with self._conn() as c:
                 c.execute(_SCHEMA)
         except sqlite3.Error as e:
-            raise PcsError(PcsCode.BAD_OPTION, f"cannot open the collateral cache {p}: {e}", {"cache": str(p)}) from e
+            raise PcsError(PcsCode.CACHE_UNUSABLE, f"cannot open the collateral cache {p}: {e} (remove the file to start "
+                           "an empty cache)", {"cache": str(p)}) from e
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -74,11 +79,12 @@ class CollateralCache:
         keys = list(keys)
         if not keys:
             return {}
-        q = f"SELECT key, body, chain, url, fetched_at, not_after FROM items WHERE key IN ({','.join('?' * len(keys))})"
+        q = (f"SELECT key, body, chain, url, fetched_at, not_after, evaluation_number FROM items WHERE key IN "
+             f"({','.join('?' * len(keys))})")
         try:
             rows = self._conn().execute(q, keys).fetchall()
         except sqlite3.Error as e:
-            raise PcsError(PcsCode.BAD_OPTION, f"collateral cache {self.path}: {e}", {"cache": str(self.path)}) from e
+            raise PcsError(PcsCode.CACHE_UNUSABLE, f"collateral cache {self.path}: {e}", {"cache": str(self.path)}) from e
         return {r[0]: Item(*r) for r in rows if now < r[5]}
 
     def versions(self, keys: Iterable[str], now: float) -> dict[str, tuple[float, float]]:
@@ -89,23 +95,23 @@ class CollateralCache:
         try:
             rows = self._conn().execute(q, keys).fetchall()
         except sqlite3.Error as e:
-            raise PcsError(PcsCode.BAD_OPTION, f"collateral cache {self.path}: {e}", {"cache": str(self.path)}) from e
+            raise PcsError(PcsCode.CACHE_UNUSABLE, f"collateral cache {self.path}: {e}", {"cache": str(self.path)}) from e
         return {r[0]: (r[1], r[2]) for r in rows if now < r[2]}
 
     def put(self, items: Iterable[Item]) -> None:
         """Stores verified items in one transaction (replacing older versions)."""
-        rows = [(i.key, i.body, i.chain, i.url, i.fetched_at, i.not_after) for i in items]
+        rows = [(i.key, i.body, i.chain, i.url, i.fetched_at, i.not_after, i.evaluation_number) for i in items]
         if not rows:
             return
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?)", rows)
+            conn.executemany("INSERT OR REPLACE INTO items VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            raise PcsError(PcsCode.BAD_OPTION, f"collateral cache {self.path}: {e}", {"cache": str(self.path)}) from e
+            raise PcsError(PcsCode.CACHE_UNUSABLE, f"collateral cache {self.path}: {e}", {"cache": str(self.path)}) from e
 
     def keys(self) -> list[str]:
         return [r[0] for r in self._conn().execute("SELECT key FROM items ORDER BY key")]

@@ -31,6 +31,7 @@ from quotehelper.pcs.needs import Needs, ca_type_of, needs_for
 from quotehelper.pcs.urls import INTEL_PCS_URL, UPDATE_TYPES, Endpoints
 from quotehelper.verify.collateral import Collateral, crl_to_der, decode_issuer_chain, split_pem_chain
 from quotehelper.verify.errors import VerificationError
+from quotehelper.verify.items import ItemChecker, ItemRejected
 from quotehelper.verify.verifier import Verifier, VerifyOptions
 
 ITEMS = ("pck_crl", "tcb_info", "qe_identity", "root_ca_crl")
@@ -82,7 +83,6 @@ class Fetched:
     ca: str
     tcb_evaluation_data_number: int | None
     warnings: tuple[str, ...] = ()
-    verified: bool = True
 
 
 @dataclass
@@ -110,14 +110,21 @@ def _http_error(r: Response, what: str) -> PcsError:
         return PcsError(PcsCode.UNAUTHORIZED, f"{what} at {r.url}: 401 (API key or token refused)", detail)
     if r.status == 400:
         return PcsError(PcsCode.BAD_REQUEST, f"{what} at {r.url}: 400 (parameters refused)", detail)
+    if 300 <= r.status < 400:
+        detail["location"] = r.header("Location") or ""
+        return PcsError(PcsCode.HTTP_ERROR, f"{what} at {r.url}: {r.status} redirect to {detail['location']!r} not "
+                        "followed (give the service's own URL)", detail)
     return PcsError(PcsCode.HTTP_ERROR, f"{what} at {r.url}: HTTP {r.status}", detail)
 
 
-def _not_after_json(body: bytes, member: str, what: str, url: str) -> float:
+def _not_after_json(body: bytes, member: str, what: str, url: str) -> tuple[float, int | None]:
+    """(nextUpdate as unix seconds, tcbEvaluationDataNumber) of a PCS body."""
     try:
-        d = json.loads(body)
-        return datetime.fromisoformat(d[member]["nextUpdate"].replace("Z", "+00:00")).timestamp()
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        d = json.loads(body)[member]
+        n = d.get("tcbEvaluationDataNumber")
+        return (datetime.fromisoformat(d["nextUpdate"].replace("Z", "+00:00")).timestamp(),
+                n if isinstance(n, int) and not isinstance(n, bool) else None)
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
         raise PcsError(PcsCode.BAD_RESPONSE, f"{what} from {url} is not a PCS body with {member}.nextUpdate: "
                        f"{type(e).__name__}: {e}", {"url": url, "what": what}) from e
 
@@ -149,6 +156,7 @@ class CollateralClient:
         self._getter = getter
         self._clock = clock
         self._tag = _anchor_tag(self.verifier)
+        self._items = ItemChecker(self.verifier.roots)
         self._memo: dict[tuple, Fetched] = {}  # cache rows -> their verified, assembled collateral
 
     # ---- public ------------------------------------------------------------------------------------
@@ -191,7 +199,7 @@ class CollateralClient:
             memo_key = tuple((i.key, i.fetched_at) for i in items.values())
             coll, ev = self._check(items, _Plan(needs, keys), now)
             hit = Fetched(coll, dict.fromkeys(ITEMS, "cache"), {n: items[n].url for n in ITEMS},
-                          needs.fmspc.hex().upper(), needs.ca, ev, verified=needs.tee == "sgx")
+                          needs.fmspc.hex().upper(), needs.ca, ev)
             if len(self._memo) > 64:
                 self._memo.clear()
             self._memo[memo_key] = hit
@@ -249,6 +257,13 @@ class CollateralClient:
             warnings.append(f"{_WHAT[name]}: refresh failed, using the cached copy ({err.message})")
         sources = {n: "network" if n in fresh else "cache" if n not in failures else
                    f"cache (refresh failed: {failures[n].code.value})" for n in ITEMS}
+        for n in list(fresh):  # never move backwards: a lagging replica or cache upstream serves older items
+            old = have.get(n)
+            if old is not None and ((fresh[n].evaluation_number or -1) < (old.evaluation_number or -1) or (
+                    fresh[n].evaluation_number == old.evaluation_number and fresh[n].not_after < old.not_after)):
+                warnings.append(f"{_WHAT[n]}: the service answered an older one than the cached copy; kept the copy")
+                sources[n] = "cache (older answer refused)"
+                del fresh[n]
         chosen = {n: fresh.get(n) or have[n] for n in ITEMS}
         try:
             coll, ev_number = self._check(chosen, plan, now)
@@ -263,8 +278,7 @@ class CollateralClient:
             self.cache.put(fresh.values())
         urls = {n: chosen[n].url for n in ITEMS}
         urls.update(plan.urls)
-        return Fetched(coll, sources, urls, needs.fmspc.hex().upper(), needs.ca, ev_number, tuple(warnings),
-                       verified=needs.tee == "sgx")
+        return Fetched(coll, sources, urls, needs.fmspc.hex().upper(), needs.ca, ev_number, tuple(warnings))
 
     # ---- steps -------------------------------------------------------------------------------------
     def _due(self, item: Item, now: float) -> bool:
@@ -333,7 +347,7 @@ class CollateralClient:
         # chain, or from the TCB-info chain just fetched.
         fatal = any(n not in have for n in failures if n != "root_ca_crl")  # the fetch fails anyway
         if "root_ca_crl" in failures and failures["root_ca_crl"].detail.get("fallback") and not fatal:
-            root = self._root_cert(plan, fresh, have)
+            root = self._root_cert()
             del failures["root_ca_crl"]
             try:
                 fresh["root_ca_crl"] = await self._root_crl_from_cdp(root, plan, now, deadline)
@@ -381,7 +395,8 @@ class CollateralClient:
 
     def _json_item(self, name: str, key: str, r: Response, member: str, what: str, now: float) -> Item:
         chain = self._chain(name, r, what)
-        return Item(key, r.body, chain, r.url, now, _not_after_json(r.body, member, what, r.url))
+        not_after, ev = _not_after_json(r.body, member, what, r.url)
+        return Item(key, r.body, chain, r.url, now, not_after, ev)
 
     def _crl_item(self, name: str, key: str, r: Response, now: float) -> Item:
         what = _WHAT[name]
@@ -392,14 +407,17 @@ class CollateralClient:
         chain = self._chain(name, r, what) if name == "pck_crl" else None
         return Item(key, der, chain, r.url, now, _crl_not_after(der, what, r.url))
 
-    def _root_cert(self, plan: _Plan, fresh: dict[str, Item], have: dict[str, Item]) -> x509.Certificate:
-        for pem in (plan.needs.pck_chain, *(i.chain for i in (fresh.get("tcb_info"), have.get("tcb_info")) if i)):
-            if pem:
-                try:
-                    return x509.load_pem_x509_certificate(split_pem_chain(pem, "chain")[-1])
-                except (ValueError, VerificationError):
-                    continue
-        raise PcsError(PcsCode.BAD_RESPONSE, "no root certificate known to find the root CA CRL's distribution point")
+    def _root_cert(self) -> x509.Certificate:
+        """The trust anchor: its CRL distribution point is where its CRL is (never a root a quote or an
+        answer carries: that would let them choose what this client fetches)."""
+        for anchor in self.verifier.roots:
+            try:
+                anchor.cert.extensions.get_extension_for_class(x509.CRLDistributionPoints)
+                return anchor.cert
+            except x509.ExtensionNotFound:
+                continue
+        raise PcsError(PcsCode.BAD_RESPONSE, "the trusted root names no CRL distribution point, and the service "
+                       "has no rootcacrl route")
 
     async def _root_crl_from_cdp(self, root: x509.Certificate, plan: _Plan, now: float, deadline: float) -> Item:
         try:
@@ -413,8 +431,32 @@ class CollateralClient:
         return self._crl_item("root_ca_crl", plan.keys["root_ca_crl"], r, now)
 
     def _check(self, items: dict[str, Item], plan: _Plan, now: float) -> tuple[Collateral, int | None]:
-        """Assembles and verifies the bundle; PcsError(BAD_RESPONSE / VERIFICATION_FAILED) naming the URL."""
+        """Checks each item under the trust anchor (verify.items: the root CA CRL, the PCK CRL of the CA
+        the quote needs, TCB info for its TEE, FMSPC and evaluation, the QE identity), then the bundle
+        (SGX: the verifier's own collateral check). PcsError(BAD_RESPONSE / VERIFICATION_FAILED) naming
+        the item and its URL; nothing is cached unless this passes."""
         n = plan.needs
+        assert n.fmspc is not None and n.ca is not None
+        when = datetime.fromtimestamp(now, UTC)
+        want = self.options.tcb_evaluation_data_number
+        ev_expect = {} if want is None else {"tcbEvaluationDataNumber": want}
+        name = "root_ca_crl"
+        try:
+            root_der, _ = self._items.root_crl(items[name].body, when)
+            name = "pck_crl"
+            self._items.pck_crl(items[name].body, items[name].chain or b"", n.ca, root_der, when)
+            name = "tcb_info"
+            tcb = self._items.signed_json(items[name].body, items[name].chain or b"", "tcbInfo", root_der, when,
+                                          what=f"TCB info for FMSPC {n.fmspc.hex().upper()}",
+                                          expect={"fmspc": n.fmspc.hex().upper(), **ev_expect})
+            if (tcb.obj or {}).get("id", "SGX") != n.tee.upper():
+                raise ItemRejected("TCB info", f"is for {(tcb.obj or {}).get('id')}, the quote is {n.tee.upper()}")
+            name = "qe_identity"
+            self._items.signed_json(items[name].body, items[name].chain or b"", "enclaveIdentity", root_der, when,
+                                    what="QE identity", expect={"id": "TD_QE" if n.tee == "tdx" else "QE", **ev_expect})
+        except ItemRejected as e:
+            raise PcsError(PcsCode.VERIFICATION_FAILED, f"{_WHAT[name]} from {items[name].url} fails verification: "
+                           f"{e.reason}", {"url": items[name].url, "what": _WHAT[name], "reason": e.reason}) from e
         try:
             coll = Collateral.from_pcs(
                 tcb_info_body=items["tcb_info"].body, tcb_info_issuer_chain=items["tcb_info"].chain or b"",
@@ -423,32 +465,14 @@ class CollateralClient:
                 root_ca_crl=items["root_ca_crl"].body,
                 pck_certificate_chain=n.pck_chain if plan.needs.ppid is not None else None,
                 source=self.options.base_url)
-        except VerificationError as e:
-            bad = _blame(e, items)
-            raise PcsError(PcsCode.BAD_RESPONSE, f"{_WHAT[bad]} from {items[bad].url}: {e.message}",
-                           {"url": items[bad].url, "what": _WHAT[bad], "reason": e.code.value}) from e
-        if n.tee != "sgx":
-            return coll, None  # our verifier checks SGX collateral only; TDX is returned unverified
-        try:
-            vc = self.verifier.verify_collateral(coll, now=datetime.fromtimestamp(now, UTC))
-            tcb = vc.tcb_info
-            if tcb.fmspc != n.fmspc:
-                raise PcsError(PcsCode.VERIFICATION_FAILED, f"TCB info from {items['tcb_info'].url} is for FMSPC "
-                               f"{tcb.fmspc.hex().upper()}, the quote's is {n.fmspc.hex().upper()}",
-                               {"url": items["tcb_info"].url, "what": "TCB info", "reason": "TCB_INFO_MISMATCH"})
-            want = self.options.tcb_evaluation_data_number
-            for what, got, item in (("TCB info", tcb.evaluation_data_number, "tcb_info"),
-                                    ("QE identity", vc.qe_identity.evaluation_data_number, "qe_identity")):
-                if want is not None and got != want:
-                    raise PcsError(PcsCode.VERIFICATION_FAILED, f"{what} from {items[item].url} has "
-                                   f"tcbEvaluationDataNumber {got}, asked for {want}",
-                                   {"url": items[item].url, "what": what, "reason": "EVALUATION_NUMBER_MISMATCH"})
+            if n.tee == "sgx":  # the verifier's own parse of every field, and its cache warmed
+                self.verifier.verify_collateral(coll, now=when)
         except VerificationError as e:
             bad = _blame(e, items)
             raise PcsError(PcsCode.VERIFICATION_FAILED, f"{_WHAT[bad]} from {items[bad].url} fails verification: "
                            f"{e.code.value}: {e.message}",
                            {"url": items[bad].url, "what": _WHAT[bad], "reason": e.code.value}) from e
-        return coll, tcb.evaluation_data_number
+        return coll, tcb.evaluation_number
 
 
 def _blame(e: VerificationError, items: dict[str, Item]) -> str:

@@ -4,9 +4,8 @@ what was being fetched ("no TCB info for FMSPC 00906ED50000 at <url>: 404")."""
 from __future__ import annotations
 
 import enum
-from typing import Any
 
-from quotehelper.errors import QuoteHelperError
+from quotehelper.errors import CodedError
 
 
 class PcsCode(enum.Enum):
@@ -24,16 +23,11 @@ class PcsCode(enum.Enum):
     NOT_CACHED = "NOT_CACHED"                    # offline mode and the cache lacks (valid) collateral
     UNSUPPORTED_QUOTE = "UNSUPPORTED_QUOTE"      # the quote does not say which collateral it needs
     BAD_OPTION = "BAD_OPTION"                    # a PcsOptions value is unusable
+    CACHE_UNUSABLE = "CACHE_UNUSABLE"            # the cache directory or its database cannot be used
 
 
-class PcsError(QuoteHelperError):
-    """A failed fetch. `detail` is JSON-serialisable: url, status, what, and the code-specific facts."""
+class PcsError(CodedError):
+    """A failed fetch: `code` a PcsCode; `detail` is JSON-serialisable: url, status, what, and the
+    code-specific facts."""
 
-    def __init__(self, code: PcsCode, message: str, detail: dict[str, Any] | None = None) -> None:
-        self.code = code
-        self.message = message
-        self.detail = dict(detail or {})
-        super().__init__(f"{code.value}: {message}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"code": self.code.value, "message": self.message, "detail": self.detail}
+    code: PcsCode

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import random
+import re
 import ssl
 import time
 from collections.abc import Mapping
@@ -76,12 +77,18 @@ class AiohttpGetter:
         if self._session is None:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl, limit=16))
         try:
-            async with self._session.get(url, headers=dict(headers), allow_redirects=True,
+            # No redirects: a collateral service that answers elsewhere is a misconfiguration (and an API key
+            # must not travel to another host).
+            async with self._session.get(url, headers=dict(headers), allow_redirects=False,
                                          timeout=aiohttp.ClientTimeout(total=max(timeout_s, 0.001))) as r:
-                body = await r.content.read(MAX_BODY + 1)
-                if len(body) > MAX_BODY:
-                    raise PcsError(PcsCode.BAD_RESPONSE, f"response from {url} exceeds {MAX_BODY} bytes",
-                                   {"url": url, "status": r.status})
+                chunks, size = [], 0
+                async for chunk in r.content.iter_chunked(65536):  # the whole body, however it arrives
+                    size += len(chunk)
+                    if size > MAX_BODY:
+                        raise PcsError(PcsCode.BAD_RESPONSE, f"response from {url} exceeds {MAX_BODY} bytes",
+                                       {"url": url, "status": r.status})
+                    chunks.append(chunk)
+                body = b"".join(chunks)
                 if r.content_length is not None and len(body) != r.content_length:
                     raise _transport(url, f"body truncated ({len(body)} of {r.content_length} bytes)")
                 return Response(str(r.url), r.status, r.headers, body)
@@ -89,11 +96,17 @@ class AiohttpGetter:
             raise PcsError(PcsCode.TLS_UNTRUSTED, f"TLS certificate of {url} is not trusted ({e.certificate_error}); "
                            "give its CA with --ca-bundle FILE, or --insecure for a test PCCS", {"url": url}) from e
         except aiohttp.ClientSSLError as e:
-            raise PcsError(PcsCode.TLS_UNTRUSTED, f"TLS handshake with {url} failed: {e}", {"url": url}) from e
+            raise PcsError(PcsCode.TLS_UNTRUSTED, f"TLS handshake with {url} failed (is it an HTTPS server?): {e}",
+                           {"url": url}) from e
         except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError) as e:
             raise _transport(url, f"body truncated: connection lost while reading the response ({e})") from e
         except aiohttp.ClientConnectionError as e:
             raise _transport(url, f"cannot connect: {e}") from e
+        except aiohttp.ClientResponseError as e:  # headers too large or too many, a malformed status line
+            raise PcsError(PcsCode.BAD_RESPONSE, f"unreadable answer from {url}: {e.message}",
+                           {"url": url, "status": e.status}) from e
+        except (aiohttp.ClientError, ValueError) as e:  # e.g. an invalid URL (port out of range)
+            raise PcsError(PcsCode.BAD_OPTION, f"cannot request {url}: {type(e).__name__}: {e}", {"url": url}) from e
         except TimeoutError as e:
             raise PcsError(PcsCode.TIMEOUT, f"no complete answer from {url} within {timeout_s:.1f} s",
                            {"url": url}) from e
@@ -113,7 +126,7 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     if not value:
         return None
     v = value.strip()
-    if v.isdigit():
+    if re.fullmatch(r"[0-9]{1,9}", v):  # ASCII digits only (str.isdigit() takes '²')
         return float(v)
     try:
         when = email.utils.parsedate_to_datetime(v)
@@ -139,6 +152,7 @@ async def get_with_retry(getter: Getter, url: str, *, what: str, deadline: float
     (2xx or not: the caller names the failure); raises PcsError(UNAVAILABLE/TIMEOUT) when only
     retryable answers came before the deadline."""
     attempt = 0
+    last_status: int | None = None
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -148,6 +162,11 @@ async def get_with_retry(getter: Getter, url: str, *, what: str, deadline: float
         try:
             r = await getter.get(url, headers or {}, left)
         except PcsError as e:
+            if e.code is PcsCode.TIMEOUT and attempt and last_status is not None:
+                # the last try ran out of time after answers that said "later": say what they said
+                raise PcsError(PcsCode.UNAVAILABLE, f"{what} at {url}: {last_status} after {attempt} attempts, "
+                               "then the deadline passed", {"url": url, "status": last_status, "what": what,
+                                                            "attempts": attempt + 1}) from e
             if e.code is PcsCode.TIMEOUT:
                 raise PcsError(PcsCode.TIMEOUT, f"{what}: {e.message}", {**e.detail, "what": what}) from e
             if e.code is not PcsCode.UNAVAILABLE:
@@ -158,7 +177,9 @@ async def get_with_retry(getter: Getter, url: str, *, what: str, deadline: float
             if r.status not in _RETRY_STATUSES:
                 return r
             last, wait = r, retry_after_seconds(r.header("Retry-After"))
-        delay = policy.backoff(attempt) if wait is None else wait
+            last_status = r.status
+        # Retry-After 0 or a past date must not turn into a busy loop: never less than the first backoff
+        delay = policy.backoff(attempt) if wait is None else max(wait, policy.first_backoff_s)
         attempt += 1
         if time.monotonic() + delay >= deadline:
             if isinstance(last, PcsError):

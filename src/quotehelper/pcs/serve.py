@@ -33,19 +33,31 @@ async def start_server(pki_dir: Path, host: str, port: int, *, tls_cert: Path | 
     return runner, f"{'https' if ctx else 'http'}://{shown}:{real_port}"
 
 
+async def serve_until_signal(start, stop=None) -> None:  # noqa: ANN001 - coroutine factories
+    """Runs `await start()`, then waits for SIGINT/SIGTERM, then `await stop()`: a server's whole life."""
+    await start()
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, done.set)
+    await done.wait()
+    if stop is not None:
+        await stop()
+
+
 def run_server(pki_dir: Path, host: str, port: int, **kw) -> None:
-    async def main() -> None:
-        runner, url = await start_server(pki_dir, host, port, **kw)
+    runner: list[web.AppRunner] = []
+
+    async def start() -> None:
+        r, url = await start_server(pki_dir, host, port, **kw)
+        runner.append(r)
         print(f"simulated PCS for {pki_dir} at {url}/sgx/certification/v4/", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        await runner.cleanup()
+
+    async def stop() -> None:
+        await runner[0].cleanup()
 
     try:
-        asyncio.run(main())
+        asyncio.run(serve_until_signal(start, stop))
     except OSError as e:
         print(f"error: cannot listen on {host}:{port}: {e.strerror or e}", file=sys.stderr)
         sys.exit(2)

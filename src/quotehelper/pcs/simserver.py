@@ -76,7 +76,7 @@ def _update(req: web.Request) -> tuple[str, int | None]:
     if n is not None:
         if "update" in req.query:
             raise _bad("tcbEvaluationDataNumber and update are mutually exclusive")
-        if not n.isdigit() or len(n) > 9:
+        if not re.fullmatch(r"[0-9]{1,9}", n):  # ASCII digits (isdigit() takes "²")
             raise _bad("tcbEvaluationDataNumber must be a non-negative integer")
         return update, int(n)
     return update, None

@@ -38,7 +38,11 @@ class Endpoints:
     @classmethod
     def parse(cls, base_url: str) -> Endpoints:
         url = base_url.strip()
-        parts = urllib.parse.urlsplit(url)
+        try:
+            parts = urllib.parse.urlsplit(url)
+            _ = parts.port  # raises for a port out of range
+        except ValueError as e:
+            raise PcsError(PcsCode.BAD_OPTION, f"collateral service URL {base_url!r}: {e}", {"url": base_url}) from e
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise PcsError(PcsCode.BAD_OPTION, f"collateral service URL must be http(s)://host[:port][/path], "
                            f"got {base_url!r}", {"url": base_url})

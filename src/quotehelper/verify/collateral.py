@@ -146,7 +146,7 @@ def split_signed_body(body: bytes | str, member: str, what: str) -> tuple[bytes,
     try:
         text = body.decode("utf-8") if isinstance(body, bytes) else body
         spans = top_level_spans(text)
-    except (UnicodeDecodeError, ValueError) as e:
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise _bad(f"{what}: not a JSON object: {e}", field=what) from e
     if member not in spans or "signature" not in spans:
         raise _bad(f"{what}: body needs '{member}' and 'signature'", field=what, keys=sorted(spans))

@@ -1,4 +1,5 @@
-"""Checking one collateral item before the PCCS stores it (nothing that fails is ever stored or served).
+"""Checking one collateral item on its own, as the collateral client and the PCCS do before they store
+anything (nothing that fails is ever stored or served).
 
 Each check is the verifier's own machinery (verify.chain.ChainChecker, exact-bytes signatures) applied
 to one item under the configured trust anchor: the root CA CRL must be signed by the anchor and current;
@@ -81,7 +82,7 @@ class ItemChecker:
                 except VerificationError as e:
                     raise ItemRejected("root CA CRL", f"{e.code.value}: {e.message}") from e
                 return der, Checked(crl.next_update_utc.timestamp())  # type: ignore[union-attr]
-        raise ItemRejected("root CA CRL", f"issued by {crl.issuer.rfc4514_string()}, not a trusted root")
+        raise ItemRejected("root CA CRL", f"ROOT_NOT_TRUSTED: issued by {crl.issuer.rfc4514_string()}, not a trusted root")
 
     def pck_crl(self, body: bytes, chain: str | bytes, ca: str, root_crl_der: bytes,
                 now: datetime) -> tuple[bytes, Checked]:
@@ -109,22 +110,26 @@ class ItemChecker:
             signer = ck.check_chain(certs, what)
         except VerificationError as e:
             raise ItemRejected(what, f"{e.code.value}: {e.message}") from e
+        code = {"tcbInfo": "TCB_INFO", "enclaveIdentity": "QE_IDENTITY"}.get(member, "COLLATERAL")
         key = signer.key
         if not isinstance(key, ec.EllipticCurvePublicKey) or not raw_signature_valid(key, sig, signed):
-            raise ItemRejected(what, f"signature does not verify with {signer.common_name}'s key")
+            raise ItemRejected(what, f"{code}_SIGNATURE_INVALID: the signature does not verify with "
+                               f"{signer.common_name}'s key")
         try:
             obj = json.loads(signed)
             issue, nxt = _ts(obj["issueDate"]), _ts(obj["nextUpdate"])
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ItemRejected(what, f"signed object lacks issueDate/nextUpdate: {e}") from e
-        if not issue <= now <= nxt:
-            raise ItemRejected(what, f"not current: issued {issue.isoformat()}, nextUpdate {nxt.isoformat()}")
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+            raise ItemRejected(what, f"signed object lacks issueDate/nextUpdate: {type(e).__name__}") from e
+        if now > nxt:
+            raise ItemRejected(what, f"{code}_EXPIRED: nextUpdate {nxt.isoformat()} has passed")
+        if now < issue:
+            raise ItemRejected(what, f"{code}_NOT_YET_VALID: issued {issue.isoformat()}, after now")
         for k, v in expect.items():
             got = obj.get(k)
             if k == "fmspc" and isinstance(got, str) and isinstance(v, str):
                 got, v = got.upper(), v.upper()
             if got != v:
-                raise ItemRejected(what, f"{k} is {got!r}, asked for {v!r}")
+                raise ItemRejected(what, f"{code}_MISMATCH: {k} is {got!r}, asked for {v!r}")
         n = obj.get("tcbEvaluationDataNumber")
         return Checked(nxt.timestamp(), n if isinstance(n, int) else None, obj)
 

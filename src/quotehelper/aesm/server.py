@@ -13,10 +13,11 @@ Robustness beyond AESM (§1.3, §8.4):
   socket file is.
 - `AesmServer.stop()`: stop accepting, answer what the kernel already queued, let in-flight requests
   finish (bounded), abort the rest.
+- Tenants (tenant.py): each connection counts against its tenant's share of the worker's connections.
 
 `AesmServer` serves on an already listening socket, so several worker processes can share one
-(workers.py); responders are plain callables, so the benchmark's echo baseline runs on this very
-transport.
+(workers.py); responders are plain callables `(payload, tenant) -> reply` (the AESM one is in
+responder.py), so the benchmark's echo baseline runs on this very transport.
 """
 
 from __future__ import annotations

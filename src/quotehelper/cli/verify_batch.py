@@ -88,8 +88,11 @@ def _collateral_keys(files: list[Path], collateral: Collateral | None, client: A
                 colls[key] = collateral
             else:
                 quote = _read_quote_file(path)
-                load_quote(quote)  # a damaged quote is an invalid quote (exit 1), as with --collateral
-                needs = needs_for(quote)
+                try:
+                    needs = needs_for(quote)
+                except PcsError:
+                    load_quote(quote)  # not a quote (skipped) or a damaged one (invalid, exit 1), as with --collateral
+                    raise
                 key = (needs.tee, needs.fmspc, needs.ca) if needs.fmspc else ("quote", str(path))
                 if key in failed:
                     raise failed[key]

@@ -29,6 +29,7 @@ from quotehelper.pcs.errors import PcsCode, PcsError
 from quotehelper.pcs.http import AiohttpGetter, Getter, Response, get_with_retry
 from quotehelper.pcs.needs import Needs, ca_type_of, needs_for
 from quotehelper.pcs.urls import INTEL_PCS_URL, UPDATE_TYPES, Endpoints
+from quotehelper.verify.chain import load_pem_chain
 from quotehelper.verify.collateral import Collateral, crl_to_der, decode_issuer_chain, split_pem_chain
 from quotehelper.verify.errors import VerificationError
 from quotehelper.verify.items import ItemChecker, ItemRejected
@@ -431,32 +432,16 @@ class CollateralClient:
         return self._crl_item("root_ca_crl", plan.keys["root_ca_crl"], r, now)
 
     def _check(self, items: dict[str, Item], plan: _Plan, now: float) -> tuple[Collateral, int | None]:
-        """Checks each item under the trust anchor (verify.items: the root CA CRL, the PCK CRL of the CA
-        the quote needs, TCB info for its TEE, FMSPC and evaluation, the QE identity), then the bundle
-        (SGX: the verifier's own collateral check). PcsError(BAD_RESPONSE / VERIFICATION_FAILED) naming
-        the item and its URL; nothing is cached unless this passes."""
+        """Checks the bundle under the trust anchor before anything is cached, and that it is what the
+        quote needs: the PCK CRL of the quote's CA, TCB info for its TEE and FMSPC (and the evaluation
+        asked for), the QE identity of its TEE. SGX: the verifier's own collateral check (chains, CRLs,
+        exact-bytes signatures, dates, every field parsed); TDX: each item on its own (verify.items).
+        PcsError(BAD_RESPONSE / VERIFICATION_FAILED) naming the item and its URL."""
         n = plan.needs
         assert n.fmspc is not None and n.ca is not None
         when = datetime.fromtimestamp(now, UTC)
-        want = self.options.tcb_evaluation_data_number
-        ev_expect = {} if want is None else {"tcbEvaluationDataNumber": want}
-        name = "root_ca_crl"
-        try:
-            root_der, _ = self._items.root_crl(items[name].body, when)
-            name = "pck_crl"
-            self._items.pck_crl(items[name].body, items[name].chain or b"", n.ca, root_der, when)
-            name = "tcb_info"
-            tcb = self._items.signed_json(items[name].body, items[name].chain or b"", "tcbInfo", root_der, when,
-                                          what=f"TCB info for FMSPC {n.fmspc.hex().upper()}",
-                                          expect={"fmspc": n.fmspc.hex().upper(), **ev_expect})
-            if (tcb.obj or {}).get("id", "SGX") != n.tee.upper():
-                raise ItemRejected("TCB info", f"is for {(tcb.obj or {}).get('id')}, the quote is {n.tee.upper()}")
-            name = "qe_identity"
-            self._items.signed_json(items[name].body, items[name].chain or b"", "enclaveIdentity", root_der, when,
-                                    what="QE identity", expect={"id": "TD_QE" if n.tee == "tdx" else "QE", **ev_expect})
-        except ItemRejected as e:
-            raise PcsError(PcsCode.VERIFICATION_FAILED, f"{_WHAT[name]} from {items[name].url} fails verification: "
-                           f"{e.reason}", {"url": items[name].url, "what": _WHAT[name], "reason": e.reason}) from e
+        if n.tee != "sgx":
+            self._check_items(items, n, when)
         try:
             coll = Collateral.from_pcs(
                 tcb_info_body=items["tcb_info"].body, tcb_info_issuer_chain=items["tcb_info"].chain or b"",
@@ -465,14 +450,60 @@ class CollateralClient:
                 root_ca_crl=items["root_ca_crl"].body,
                 pck_certificate_chain=n.pck_chain if plan.needs.ppid is not None else None,
                 source=self.options.base_url)
-            if n.tee == "sgx":  # the verifier's own parse of every field, and its cache warmed
-                self.verifier.verify_collateral(coll, now=when)
+        except VerificationError as e:
+            bad = _blame(e, items)
+            raise PcsError(PcsCode.BAD_RESPONSE, f"{_WHAT[bad]} from {items[bad].url}: {e.message}",
+                           {"url": items[bad].url, "what": _WHAT[bad], "reason": e.code.value}) from e
+        if n.tee != "sgx":
+            ev = items["tcb_info"].evaluation_number
+            return coll, ev
+        try:
+            vc = self.verifier.verify_collateral(coll, now=when)
+            ca_cn = load_pem_chain(coll.pck_crl_issuer_chain, "pck_crl_issuer_chain")[0].common_name
         except VerificationError as e:
             bad = _blame(e, items)
             raise PcsError(PcsCode.VERIFICATION_FAILED, f"{_WHAT[bad]} from {items[bad].url} fails verification: "
                            f"{e.code.value}: {e.message}",
                            {"url": items[bad].url, "what": _WHAT[bad], "reason": e.code.value}) from e
-        return coll, tcb.evaluation_number
+        want = self.options.tcb_evaluation_data_number
+        problems = [
+            ("pck_crl", f"PCK_CRL_CA_MISMATCH: issued by {ca_cn}, not the {n.ca} CA", n.ca not in ca_cn.lower()),
+            ("tcb_info", f"TCB_INFO_MISMATCH: fmspc is {vc.tcb_info.fmspc.hex().upper()!r}, asked for "
+                         f"{n.fmspc.hex().upper()!r}", vc.tcb_info.fmspc != n.fmspc),
+            ("tcb_info", f"EVALUATION_NUMBER_MISMATCH: tcbEvaluationDataNumber {vc.tcb_info.evaluation_data_number}, "
+                         f"asked for {want}", want is not None and vc.tcb_info.evaluation_data_number != want),
+            ("qe_identity", f"EVALUATION_NUMBER_MISMATCH: tcbEvaluationDataNumber "
+                            f"{vc.qe_identity.evaluation_data_number}, asked for {want}",
+             want is not None and vc.qe_identity.evaluation_data_number != want),
+            ("qe_identity", f"QE_IDENTITY_MISMATCH: id {vc.qe_identity.id!r}, asked for 'QE'", vc.qe_identity.id != "QE"),
+        ]
+        for name, reason, bad_ in problems:
+            if bad_:
+                raise PcsError(PcsCode.VERIFICATION_FAILED, f"{_WHAT[name]} from {items[name].url} fails "
+                               f"verification: {reason}", {"url": items[name].url, "what": _WHAT[name],
+                                                           "reason": reason.split(":")[0]})
+        return coll, vc.tcb_info.evaluation_data_number
+
+    def _check_items(self, items: dict[str, Item], n: Needs, when: datetime) -> None:
+        """Each item on its own under the anchor (for TDX, whose collateral the verifier does not check)."""
+        assert n.fmspc is not None and n.ca is not None
+        want = self.options.tcb_evaluation_data_number
+        ev_expect = {} if want is None else {"tcbEvaluationDataNumber": want}
+        name = "root_ca_crl"
+        try:
+            root_der, _ = self._items.root_crl(items[name].body, when)
+            name = "pck_crl"
+            self._items.pck_crl(items[name].body, items[name].chain or b"", n.ca, root_der, when)
+            name = "tcb_info"
+            self._items.signed_json(items[name].body, items[name].chain or b"", "tcbInfo", root_der, when,
+                                    what=f"TCB info for FMSPC {n.fmspc.hex().upper()}",
+                                    expect={"fmspc": n.fmspc.hex().upper(), "id": n.tee.upper(), **ev_expect})
+            name = "qe_identity"
+            self._items.signed_json(items[name].body, items[name].chain or b"", "enclaveIdentity", root_der, when,
+                                    what="QE identity", expect={"id": "TD_QE" if n.tee == "tdx" else "QE", **ev_expect})
+        except ItemRejected as e:
+            raise PcsError(PcsCode.VERIFICATION_FAILED, f"{_WHAT[name]} from {items[name].url} fails verification: "
+                           f"{e.reason}", {"url": items[name].url, "what": _WHAT[name], "reason": e.reason}) from e
 
 
 def _blame(e: VerificationError, items: dict[str, Item]) -> str:

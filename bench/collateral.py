@@ -1,12 +1,15 @@
 """Collateral fetching and verification against `quotehelper pcs serve` on loopback, in one run:
 
   (a) dcap-qvl: `get_collateral(url, quote)` + `verify_with_root_ca` per quote (what its
-      `get_collateral_and_verify` does, with the test root; run in a child process)
-  (b) ours, empty cache: a new CollateralClient + empty cache + a fresh Verifier per quote
+      `get_collateral_and_verify` does, with the test root)
+  (b) ours, empty cache: the node's cache emptied before each quote, a fresh Verifier per quote (nothing
+      verified before), the client's `fetch` + `verify`
   (c) ours, cache populated: one client, its SQLite cache and Verifier warm; fetch + verify per quote
-  (d) verification alone, collateral in memory (the same warm Verifier)
-Targets: (b) <= (a); (c) <= 1.3 x (d). Wall-clock ms per quote (the server is a separate process, both
-clients pay it alike); rounds alternate (a)/(b)/(c)/(d) so the machine's other load hits each alike.
+  (d) verification alone, collateral in memory (a warm Verifier)
+Targets: (b) <= (a); (c) <= 1.3 x (d). Each contender runs in a child process of its own (as a real
+verifier would, and so none pays for another's garbage); wall-clock ms per quote (the server is a
+separate process both clients pay alike); rounds alternate (a)/(b)/(c)/(d) so the machine's other load
+hits each alike.
 
 Then `quotehelper verify --batch` of --batch-quotes quotes from one platform (collateral from the PCS),
 whole command timed, against a Python loop calling dcap-qvl's `verify_with_root_ca` on the same quotes
@@ -29,9 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from quotehelper.pcs import CollateralCache, CollateralClient, PcsOptions
 from quotehelper.platform.sim import SimPlatform
-from quotehelper.verify import TrustAnchor, Verifier, VerifyOptions
+from quotehelper.verify import TrustAnchor
 
 BIN = Path(sys.executable).parent
 DCAP_CHILD = r"""
@@ -113,36 +115,55 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_per_quote(args, tmp: Path, url: str, root: TrustAnchor, quotes: list[bytes], qdir: Path) -> None:
-    def verifier() -> Verifier:
-        return Verifier(VerifyOptions(trusted_roots=(root,)))
-
-    n = [0]
-
-    def cold(q: bytes) -> None:
-        n[0] += 1
+OURS_CHILD = r"""
+import json, sys, tempfile, time
+from pathlib import Path
+from quotehelper.pcs import CollateralCache, CollateralClient, PcsOptions
+from quotehelper.verify import TrustAnchor, Verifier, VerifyOptions
+url, qdir, root, which = sys.argv[1], Path(sys.argv[2]), TrustAnchor.from_file(sys.argv[3]), sys.argv[4]
+quotes = [p.read_bytes() for p in sorted(qdir.iterdir())]
+cache = CollateralCache(Path(tempfile.mkdtemp()) / "cache")
+def verifier():
+    return Verifier(VerifyOptions(trusted_roots=(root,)))
+if which == "b":
+    def one(q):
+        cache._conn().execute("DELETE FROM items")  # an empty cache: every item fetched, checked, stored
         v = verifier()
-        c = CollateralClient(PcsOptions(base_url=url), cache=CollateralCache(tmp / f"cold{n[0]}"), verifier=v)
-        assert v.verify(q, c.fetch(q).collateral).valid
+        assert v.verify(q, CollateralClient(PcsOptions(base_url=url), cache=cache, verifier=v).fetch(q).collateral).valid
+    work = quotes
+else:
+    v = verifier()
+    client = CollateralClient(PcsOptions(base_url=url), cache=cache, verifier=v)
+    coll = client.fetch(quotes[0]).collateral
+    for q in quotes:
+        v.verify(q, coll)
+    if which == "c":
+        def one(q):
+            assert v.verify(q, client.fetch(q).collateral).valid
+    else:
+        def one(q):
+            assert v.verify(q, coll).valid
+    work = quotes * 10
+t0 = time.perf_counter()
+for q in work:
+    one(q)
+print(json.dumps((time.perf_counter() - t0) * 1000 / len(work)))
+"""
 
-    warm_v = verifier()
-    warm = CollateralClient(PcsOptions(base_url=url), cache=CollateralCache(tmp / "warm"), verifier=warm_v)
-    coll = warm.fetch(quotes[0]).collateral
 
-    def cached(q: bytes) -> None:
-        assert warm_v.verify(q, warm.fetch(q).collateral).valid
+def child(code: str, *args: str) -> float:
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600)
+    if not out.stdout.strip():
+        raise SystemExit(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
-    def alone(q: bytes) -> None:
-        assert warm_v.verify(q, coll).valid
 
+def run_per_quote(args, tmp: Path, url: str, root: TrustAnchor, quotes: list[bytes], qdir: Path) -> None:
     results: dict[str, list[float]] = {"a": [], "b": [], "c": [], "d": []}
     for _ in range(args.rounds):
-        out = subprocess.run([sys.executable, "-c", DCAP_CHILD, url, str(qdir), str(tmp / "root.der")],
-                             capture_output=True, text=True, timeout=600)
-        results["a"].append(json.loads(out.stdout.strip().splitlines()[-1]))
-        results["b"].append(per_quote(cold, quotes))
-        results["c"].append(per_quote(cached, quotes * 10))
-        results["d"].append(per_quote(alone, quotes * 10))
+        results["a"].append(child(DCAP_CHILD, url, str(qdir), str(tmp / "root.der")))
+        for k in "bcd":
+            results[k].append(child(OURS_CHILD, url, str(qdir), str(tmp / "root.pem"), k))
     med = {k: statistics.median(v) for k, v in results.items()}
     names = {"a": "dcap-qvl get_collateral + verify", "b": "ours, empty cache (fetch + verify)",
              "c": "ours, cache populated (fetch + verify)", "d": "verification alone, collateral in memory"}

@@ -180,10 +180,15 @@ def write_output(out: str, data: bytes | str, what: str = "bytes") -> None:
     click.echo(f"wrote {len(data)} {what} to {out}", err=True)
 
 
+_HEX_START = frozenset(bytes([c]) for c in b"0123456789abcdefABCDEFxX \t\r\n")
+
+
 def read_binary_or_hex(path: Path) -> bytes:
     """A file holding binary data, or the same as hex text (whitespace, a leading 0x ignored): quotes, target
     infos, reports are passed around both ways."""
     data = path.read_bytes()
+    if data[:1] not in _HEX_START:  # binary (a quote starts 03 00 / 04 00 / 05 00): no text to try
+        return data
     text = data.strip()
     if text and len(text) % 2 == 0 or text[:2].lower() == b"0x":
         try:

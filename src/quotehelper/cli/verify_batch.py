@@ -48,13 +48,13 @@ def _init_worker(settings: BatchSettings, collaterals: dict[Any, Collateral]) ->
     _worker["collaterals"] = collaterals
 
 
-def _verify_chunk(chunk: list[tuple[int, str, Any]]) -> list[tuple[int, str, dict, int, bool]]:
+def _verify_chunk(chunk: list[tuple[int, str, Any, bytes | None]]) -> list[tuple[int, str, dict, int, bool]]:
     verifier: Verifier = _worker["verifier"]
     out = []
-    for i, path, key in chunk:
+    for i, path, key, raw in chunk:
         coll = _worker["collaterals"][key]
         try:
-            v = verifier.verify(_read_quote_file(Path(path)), coll)
+            v = verifier.verify(raw if raw is not None else _read_quote_file(Path(path)), coll)
         except VerificationError as e:
             v = Verdict(valid=False, error=e)
         except OSError as e:
@@ -66,19 +66,20 @@ def _verify_chunk(chunk: list[tuple[int, str, Any]]) -> list[tuple[int, str, dic
 
 
 def _collateral_keys(files: list[Path], collateral: Collateral | None, client: Any,
-                     out: Any) -> tuple[list[tuple[int, str, Any]], dict[Any, Collateral], list[int], int]:
+                     out: Any) -> tuple[list[tuple[int, str, Any, bytes | None]], dict[Any, Collateral], list[int], int]:
     """Which collateral each quote uses: NAME.collateral.json beside it, else --collateral, else fetched
     once per (TEE, FMSPC, CA). Quotes whose collateral cannot be had get an error line now."""
     from quotehelper.pcs import PcsError
     from quotehelper.pcs.needs import needs_for
 
-    jobs: list[tuple[int, str, Any]] = []
+    jobs: list[tuple[int, str, Any, bytes | None]] = []  # the bytes when read already (sent, not re-read)
     colls: dict[Any, Collateral] = {}
     codes: list[int] = []
     skipped: list[str] = []
     failed: dict[Any, PcsError] = {}
     for i, path in enumerate(files):
         own = path.with_name(path.name + ".collateral.json")
+        quote: bytes | None = None
         try:
             if own.is_file():
                 key: Any = str(own)
@@ -118,7 +119,7 @@ def _collateral_keys(files: list[Path], collateral: Collateral | None, client: A
             click.echo(f"error: cannot read {path}: {e}", err=True)
             codes.append(EXIT_INPUT)
             continue
-        jobs.append((i, str(path), key))
+        jobs.append((i, str(path), key, quote))
     return jobs, colls, codes, len(skipped)
 
 

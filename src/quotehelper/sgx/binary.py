@@ -11,7 +11,7 @@ class Reader:
     """Reads fields from `data` starting at `base`; offsets in errors are absolute."""
 
     def __init__(self, data: bytes, structure: str, base: int = 0, end: int | None = None) -> None:
-        self.data = bytes(data)
+        self.data = data if type(data) is bytes else bytes(data)  # no copy of a whole quote per structure
         self.structure = structure
         self.pos = base
         self.end = len(self.data) if end is None else end

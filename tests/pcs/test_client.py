@@ -294,3 +294,23 @@ def test_root_crl_from_the_roots_distribution_point_when_the_service_has_no_root
     finally:
         proxy.stop()
         pcs.stop()
+
+
+def test_collateral_fetch_writes_what_verify_and_dcap_qvl_read(sim_env, tmp_path) -> None:
+    import dcap_qvl
+
+    q = tmp_path / "q.bin"
+    q.write_bytes(sim_env.quote)
+    root = tmp_path / "root.pem"
+    root.write_bytes(sim_env.platform.root_ca_pem())
+    r = CliRunner().invoke(main, ["collateral", "fetch", str(q), "--pccs-url", sim_env.url, "--root-ca", str(root),
+                                  "-o", str(tmp_path / "out")])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["verify", str(q), "--collateral", str(tmp_path / "out" / "pcs"), "--root-ca",
+                                  str(root)])
+    assert r.exit_code == 0 and "OK UpToDate" in r.output
+    r = CliRunner().invoke(main, ["collateral", "fetch", str(q), "--pccs-url", sim_env.url, "--root-ca", str(root),
+                                  "-o", "-"])
+    coll = dcap_qvl.QuoteCollateralV3.from_json(r.stdout)
+    got = dcap_qvl.verify_with_root_ca(sim_env.quote, coll, sim_env.platform.root_ca_der(), int(time.time()))
+    assert got.status == "UpToDate"

@@ -82,9 +82,9 @@ def collateral_group() -> None:
 @collateral_service_options
 @click.option("--root-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Trust this root (DER or PEM) instead of Intel's production SGX Root CA.")
-@click.option("--out-dir", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("-o", "--out-dir", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Directory to write: DIR/pcs/, the PCS-response folder `verify --collateral` reads, and "
-                   "DIR/collateral.json (dcap-qvl QuoteCollateralV3).")
+                   "DIR/collateral.json (dcap-qvl QuoteCollateralV3); - prints that JSON on stdout instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print where each item came from as JSON.")
 def collateral_fetch(quote: Path, root_ca: Path | None, out_dir: Path, as_json: bool, **service: Any) -> None:
     """Fetch, verify and write the collateral QUOTE needs (PCK CRL, TCB info, QE identity, root CA CRL)."""
@@ -100,6 +100,11 @@ def collateral_fetch(quote: Path, root_ca: Path | None, out_dir: Path, as_json: 
         fetched = client.fetch(_read_quote_file(quote))
     except (PcsError, VerificationError) as e:
         fail(e)
+        return
+    if str(out_dir) == "-":
+        click.echo(fetched.collateral.to_dcap_qvl_json())
+        for w in fetched.warnings:
+            click.echo(f"warning: {w}", err=True)
         return
     files = write_collateral_dir(fetched, out_dir)
     report = {"fmspc": fetched.fmspc, "ca": fetched.ca, "tcbEvaluationDataNumber": fetched.tcb_evaluation_data_number,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
-import logging
 import os
 import sys
 import tempfile
@@ -25,9 +24,9 @@ from quotehelper.aesm.options import TENANT_MODES, ServeOptions, ServeOptionsErr
 from quotehelper.aesm.service import QuoteService, exec_args
 from quotehelper.aesm.sockets import DEFAULT_SOCKET, DEFAULT_SOCKET_MODE
 from quotehelper.aesm.workers import EngineSpec
-from quotehelper.cli import main
+from quotehelper.cli import common, main
 from quotehelper.errors import QuoteHelperError
-from quotehelper.platform.sim import SimPlatform, default_platform_dir
+from quotehelper.platform.sim import TCB_STATUSES, SimPlatform, default_platform_dir
 from quotehelper.sgx.quote import parse_quote
 from quotehelper.verify import TrustAnchor, Verifier, VerifyOptions
 
@@ -92,10 +91,8 @@ def _tenant_options(f: Callable) -> Callable:
 
 
 @main.command("serve")
-@click.option("--socket", "socket_path", default=DEFAULT_SOCKET, show_default=True,
-              help="Unix socket to serve the AESM protocol on.")
-@click.option("--platform", "platform_dir", type=click.Path(path_type=Path), default=None,
-              help="Software platform directory (default: $QUOTEHELPER_PLATFORM or ~/.local/share/...).")
+@common.socket_option("Unix socket to serve the AESM protocol on.", default=DEFAULT_SOCKET)
+@common.platform_option()
 @click.option("--engine", type=click.Choice(["sim", "dcap"]), default="sim", show_default=True,
               help="sim: the software platform; dcap: Intel's DCAP quoting library (SGX hardware).")
 @click.option("--workers", type=click.IntRange(1, 256), default=None,
@@ -120,13 +117,11 @@ def _tenant_options(f: Callable) -> Callable:
               help="If another quotehelper service is serving on the socket, replace its socket instead of "
                    "refusing: new connections come here at once, the old service answers what it already "
                    "accepted and exits on its SIGTERM (a zero-gap update). aesmd is never replaced.")
-@click.option("-v", "--verbose", is_flag=True, help="Log every lifecycle event.")
+@common.logging_options()  # -v: every lifecycle event
 def serve_cmd(socket_path: str, platform_dir: Path | None, engine: str, workers: int | None,
               queue_limit: int | None, max_connections: int | None, socket_mode: int, read_timeout: float,
-              metrics_addr: str | None, take_over: bool, verbose: bool, **tenancy: object) -> None:
+              metrics_addr: str | None, take_over: bool, verbose: int, **tenancy: object) -> None:
     """Serve quotes on an AESM-compatible socket until SIGTERM (then drain and remove the socket)."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if engine == "sim":
         platform_dir = platform_dir or default_platform_dir()
         try:
@@ -163,32 +158,22 @@ def serve_cmd(socket_path: str, platform_dir: Path | None, engine: str, workers:
         raise click.ClickException(str(e)) from e
 
 
-def _report_data(hex_text: str) -> bytes:
-    try:
-        data = bytes.fromhex(hex_text)
-    except ValueError:
-        raise click.BadParameter("--report-data must be hex") from None
-    if len(data) > 64:
-        raise click.BadParameter(f"--report-data is at most 64 bytes, got {len(data)}")
-    return data
-
-
 @main.command("quote")
-@click.option("--platform", "platform_dir", type=click.Path(path_type=Path), default=None,
-              help="Software platform the simulated app enclave runs on.")
-@click.option("--socket", "socket_path", default=None,
-              help="Quote through the service on this socket (implies out-of-process).")
-@click.option("--report-data", required=True, help="Up to 64 bytes, hex; zero-padded.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
-@click.option("--deadline", type=float, default=30.0, show_default=True,
-              help="Seconds to keep retrying transient failures (service restarting, busy).")
-def quote_cmd(platform_dir: Path | None, socket_path: str | None, report_data: str, output: Path,
-              deadline: float) -> None:
+@common.platform_option("Software platform the simulated app enclave runs on [default: $QUOTEHELPER_PLATFORM, "
+                        "else $XDG_DATA_HOME/quotehelper/platform].")
+@common.socket_option("Quote through the service on this socket (implies out-of-process).", default=None)
+@click.option("--report-data", type=common.HexBytes(max_size=64), default="", help="Up to 64 bytes hex, zero-padded.")
+@common.output_option("Quote file (binary)", required=True)
+@common.timeout_option("to keep retrying transient failures (service restarting, busy)", 30.0,
+                       aliases=("--deadline",))
+@common.logging_options()
+def quote_cmd(platform_dir: Path | None, socket_path: str | None, report_data: bytes, output: str,
+              timeout: float) -> None:
     """A simulated app enclave gets a quote through the client library.
 
     Out-of-process (the AESM socket) when SGX_AESM_ADDR is set or --socket is given, else in-process.
     """
-    data = _report_data(report_data)
+    data, deadline = report_data, timeout
     try:
         plat = SimPlatform.open(platform_dir or default_platform_dir())
         env = dict(os.environ)
@@ -199,8 +184,7 @@ def quote_cmd(platform_dir: Path | None, socket_path: str | None, report_data: s
         quote = provider.get_quote_for(lambda ti: enclave.report(ti, data))
     except (QuoteHelperError, SgxError) as e:
         raise click.ClickException(str(e)) from e
-    output.write_bytes(quote)
-    click.echo(f"{len(quote)}-byte quote ({provider.mode}) written to {output}", err=True)
+    common.write_output(output, quote, f"byte quote ({provider.mode})")
 
 
 DEMO_ENCLAVES = ("payments", "key-broker", "ml-inference", "ledger", "identity", "analytics")
@@ -364,12 +348,14 @@ def _two_columns(rows: Iterable[tuple[str, str]], width: int) -> str:
 @click.option("--rounds", type=click.IntRange(2, 1000), default=6, show_default=True,
               help="Quotes per enclave outside the update: half before it, half after; each enclave also "
                    "quotes for as long as the update takes.")
-@click.option("--tcb-status", default="UpToDate", show_default=True, help="TCB status of the fresh platform.")
+@click.option("--tcb-status", type=click.Choice(TCB_STATUSES), default="UpToDate", show_default=True,
+              help="TCB status of the fresh platform.")
 @click.option("--update", type=click.Choice(["take-over", "restart", "none"]), default="take-over",
               show_default=True,
               help="How the service is replaced halfway: take-over (the DaemonSet's way: the new service takes "
                    "the socket over, then the old one gets SIGTERM; no gap), restart (SIGTERM, then a new "
                    "service: the clients ride through the gap with retries), or none.")
+@common.logging_options()
 def demo_cmd(enclaves: int, rounds: int, tcb_status: str, update: str) -> None:
     """N simulated app enclaves quote concurrently through the client library while the quote service is
     replaced (as a DaemonSet rolling update does); every quote is verified. A fresh software platform on a

@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from quotehelper import inputs
-from quotehelper.cli import main
+from quotehelper.cli import common, main
 from quotehelper.cli.inspect_cmd import _read_quote_file
 from quotehelper.cli.pcs_cmd import collateral_service_options
 from quotehelper.verify import (
@@ -74,17 +74,19 @@ def _print_verdict(v: Verdict, source: str) -> None:
 @collateral_service_options
 @click.option("--root-ca", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Trust this root (DER or PEM) instead of Intel's production SGX Root CA.")
-@click.option("--now", "now_text", help="Verification time: unix seconds or ISO 8601 (default: now).")
+@click.option("--now", "now", type=common.TIME, help="Verification time: unix seconds or ISO 8601, no zone = UTC "
+              "[default: now].")
 @click.option("--policy", "policy_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Appraisal policy (YAML or JSON).")
-@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
+@common.json_option
 @click.option("--batch", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Verify every quote file in this folder; JSON lines to --out (default stdout).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="JSON-lines output for --batch.")
+              help="Verify every quote file in this folder; JSON lines to -o (default stdout).")
+@common.output_option("JSON-lines output of --batch", aliases=("--out",))
 @click.option("--jobs", type=click.IntRange(min=1), help="Processes for --batch [default: the CPUs this process "
               "may use].")
-def verify_cmd(quote: Path | None, collateral_path: Path | None, root_ca: Path | None, now_text: str | None,
-               policy_path: Path | None, as_json: bool, batch: Path | None, out: Path | None, jobs: int | None,
+@common.logging_options()
+def verify_cmd(quote: Path | None, collateral_path: Path | None, root_ca: Path | None, now: datetime | None,
+               policy_path: Path | None, as_json: bool, batch: Path | None, output: str | None, jobs: int | None,
                **service: Any) -> None:
     """Verify a DCAP ECDSA SGX QUOTE (binary or hex) against its collateral: from --collateral files, or
     fetched (and verified before it is cached) from a PCCS, Intel's PCS or Azure THIM."""
@@ -99,7 +101,6 @@ def verify_cmd(quote: Path | None, collateral_path: Path | None, root_ca: Path |
     if collateral_path is not None and fetching:
         raise click.UsageError(f"--collateral reads files; {', '.join(fetching)} fetch from a service: give one or "
                                "the other")
-    now = parse_time(now_text) if now_text else None
     url = None
     if collateral_path is None:
         url = service_url(service.pop("pccs_url"), service.pop("use_intel_pcs"), required=not service["offline"])
@@ -118,9 +119,9 @@ def verify_cmd(quote: Path | None, collateral_path: Path | None, root_ca: Path |
 
         settings = BatchSettings(tuple(r.der for r in roots), now, policy)
         kw = {"collateral": collateral, "client": client, "jobs": jobs or usable_cpus()}
-        if out is None:
+        if output in (None, "-"):
             sys.exit(run_batch(batch, sys.stdout, settings, **kw))
-        with out.open("w") as fh:
+        with Path(output).open("w") as fh:
             sys.exit(run_batch(batch, fh, settings, **kw))
     assert quote is not None
     raw = _read_quote_file(quote)

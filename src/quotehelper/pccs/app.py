@@ -60,7 +60,7 @@ def _auth(req: web.Request, which: str) -> None:
     pccs = req.app[PCCS_KEY]
     expected = pccs.o.admin_token_hash if which == "admin" else pccs.o.user_token_hash
     token = req.headers.get(f"{which}-token", "")
-    got = hashlib.sha512(token.encode()).hexdigest()
+    got = hashlib.sha512(token.encode("utf-8", "surrogateescape")).hexdigest()
     if not expected or not token or not hmac.compare_digest(got, expected):
         raise PccsHttpError(401)
 
@@ -69,7 +69,10 @@ def _ok(req: web.Request, body: bytes | str, content_type: str, headers: dict[st
         max_age: float | None = None) -> web.Response:
     h = dict(headers or {})
     if max_age is not None and max_age > 0:
-        h["Cache-Control"] = f"max-age={int(max_age)}"  # QCNL and Azure's client honour it
+        # QCNL and Azure's client keep an answer this long: never longer than this PCCS waits before it
+        # looks for a newer one, or a TCB recovery it picks up would not reach the nodes for a month.
+        cap = req.app[PCCS_KEY].o.refresh_interval_s
+        h["Cache-Control"] = f"max-age={int(min(max_age, cap))}"
     return web.Response(body=body.encode() if isinstance(body, str) else body, content_type=None,
                         headers={"Content-Type": content_type, **h})
 
@@ -113,16 +116,25 @@ async def pckcrl(req: web.Request) -> web.Response:
     encoding = req.query.get("encoding", "").lower()
     if encoding not in ("", "der", "pem"):
         raise PccsHttpError(400, "encoding must be der")
-    row = await req.app[PCCS_KEY].item(Spec("pckcrl", "sgx", _version(req), ca))
+    pccs = req.app[PCCS_KEY]
+    row = await pccs.item(Spec("pckcrl", "sgx", _version(req), ca))
     headers = {"SGX-PCK-CRL-Issuer-Chain": row.chain or ""}
+    age = row.not_after - pccs.clock()
     if encoding == "der":
-        return _ok(req, row.body, "application/pkix-crl", headers)
-    return _ok(req, row.body.hex(), "application/x-pem-file", headers)  # hex text, as Intel's PCCS
+        return _ok(req, row.body, "application/pkix-crl", headers, age)
+    if encoding == "pem":
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        return _ok(req, x509.load_der_x509_crl(row.body).public_bytes(Encoding.PEM), "application/x-pem-file",
+                   headers, age)
+    return _ok(req, row.body.hex(), "application/x-pem-file", headers, age)  # hex text, as Intel's PCCS
 
 
 async def rootcacrl(req: web.Request) -> web.Response:
-    row = await req.app[PCCS_KEY].item(Spec("rootcacrl"))
-    return _ok(req, row.body.hex(), "application/pkix-crl")
+    pccs = req.app[PCCS_KEY]
+    row = await pccs.item(Spec("rootcacrl"))
+    return _ok(req, row.body.hex(), "application/pkix-crl", None, row.not_after - pccs.clock())
 
 
 async def crl(req: web.Request) -> web.Response:
@@ -161,6 +173,8 @@ async def pckcert(req: web.Request) -> web.Response:
 
 
 async def pckcerts(req: web.Request) -> web.Response:
+    """All of a platform's certificates (with its PPID in each): the user token, as PCS asks an API key."""
+    _auth(req, "user")
     pccs = req.app[PCCS_KEY]
     enc = _hex(req, "encrypted_ppid", 768, required=False)
     qeid = _hex(req, "qeid", None, required=False, max_len=260)
@@ -168,8 +182,9 @@ async def pckcerts(req: web.Request) -> web.Response:
     platform = (pccs.platforms.by_enc_ppid(enc) if enc else None) or (
         pccs.platforms.get(qeid, pceid or "") if qeid else None)
     if platform is None:
-        if pccs.o.mode != "LAZY" or not enc:
-            raise PccsHttpError(461 if pccs.o.mode != "LAZY" else 404)
+        if pccs.o.mode != "LAZY" or not enc or not qeid:
+            raise PccsHttpError(461 if pccs.o.mode != "LAZY" else 404, "an unknown platform needs qeid and "
+                                "encrypted_ppid")
         platform = await pccs._fetch_certs({"qe_id": qeid or "", "pce_id": pceid, "enc_ppid": enc})
     from quotehelper.pccs.selection import PckCandidate
 
@@ -198,11 +213,13 @@ async def post_platforms(req: web.Request) -> web.Response:
     if not isinstance(body, dict):
         raise PccsHttpError(400, "the body must be a JSON object")
     p = {k: body.get(k) for k in ("qe_id", "pce_id", "cpu_svn", "pce_svn", "enc_ppid", "platform_manifest")}
+    if p["platform_manifest"]:
+        raise PccsHttpError(400, "platform manifests (multi-package platforms) are not supported")
+    p["platform_manifest"] = None
     for k, size in (("qe_id", None), ("pce_id", 4), ("cpu_svn", 32), ("pce_svn", 4), ("enc_ppid", 768)):
         v = p[k]
-        if k in ("cpu_svn", "pce_svn", "enc_ppid") and p.get("platform_manifest") and not v:
-            continue
-        if not isinstance(v, str) or not _HEX.fullmatch(v) or not v or (size and len(v) != size) or len(v) > 768:
+        if not isinstance(v, str) or not _HEX.fullmatch(v) or not v or (size and len(v) != size) or len(v) > 768 \
+                or (k == "qe_id" and len(v) > 260):
             raise PccsHttpError(400, f"{k} must be {size or ''} hex digits")
         p[k] = v.upper()
     await req.app[PCCS_KEY].register(p)
@@ -231,7 +248,9 @@ async def put_platformcollateral(req: web.Request) -> web.Response:
     try:
         await import_collateral(req.app[PCCS_KEY], doc)
     except ItemRejected as e:
-        raise PccsHttpError(460 if "root" in e.reason else 400, str(e)) from e
+        raise PccsHttpError(460 if "different root" in e.reason else 400, str(e)) from e
+    except (AttributeError, KeyError, TypeError, ValueError) as e:  # a document of the wrong shape
+        raise PccsHttpError(400, f"platformcollateral does not follow the schema: {type(e).__name__}: {e}") from e
     return _ok(req, "Operation successful.", "text/plain")
 
 
@@ -259,7 +278,9 @@ async def _frame(req: web.Request, handler: Callable[[web.Request], Awaitable[we
         resp = await handler(req)
     except PccsHttpError as e:
         resp = web.Response(text=TEXT.get(e.status, "Error."), status=e.status, content_type="text/plain")
-        if e.detail:
+        if e.status >= 500:
+            log.warning("%s %s: %s", e.status, req.path, e.detail)  # upstream details stay in the log
+        elif e.detail:
             resp.headers["Error-Message"] = e.detail[:500].replace("\n", " ")
         if e.status == 503:
             resp.headers["Retry-After"] = "30"

@@ -99,7 +99,9 @@ class PccsOptions:
     @classmethod
     def from_dict(cls, conf: dict, base: Path = Path(".")) -> PccsOptions:
         def get(key: str, kind: type | tuple[type, ...], default: object) -> object:
-            v = conf.get(key, default)
+            v = conf.get(key)
+            if v is None:  # absent or null: the default
+                return default
             if (v is not None and not isinstance(v, kind)) or (kind is not bool and isinstance(v, bool)):
                 name = kind.__name__ if isinstance(kind, type) else "a number"
                 raise PccsConfigError(f"{key} must be {name}, got {type(v).__name__}")
@@ -113,7 +115,10 @@ class PccsOptions:
         if db == "sqlite":
             sq = conf.get("sqlite") or {}
             storage = ((sq.get("options") or {}) if isinstance(sq, dict) else {}).get("storage", "pckcache.db")
-            db_url = f"sqlite:///{(base / str(storage)).absolute()}"
+            db_file = (base / str(storage)).absolute()
+            if not db_file.parent.is_dir():
+                raise PccsConfigError(f"sqlite.options.storage: the directory {db_file.parent} does not exist")
+            db_url = f"sqlite:///{db_file}"
         elif db in ("postgres", "postgresql"):
             pg = conf.get("postgres") or {}
             db_url = pg.get("url") if isinstance(pg, dict) else None

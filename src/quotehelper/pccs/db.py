@@ -56,7 +56,7 @@ collateral = Table(
 )
 platforms = Table(
     "platforms", metadata,
-    Column("qe_id", String(64), primary_key=True),
+    Column("qe_id", String(260), primary_key=True),
     Column("pce_id", String(4), primary_key=True),
     Column("enc_ppid", Text),
     Column("platform_manifest", Text),
@@ -68,7 +68,7 @@ platforms = Table(
 )
 pck_certs = Table(
     "pck_certs", metadata,
-    Column("qe_id", String(64), primary_key=True),
+    Column("qe_id", String(260), primary_key=True),
     Column("pce_id", String(4), primary_key=True),
     Column("tcbm", String(36), primary_key=True),
     Column("cert", Text, nullable=False),   # PEM
@@ -80,7 +80,7 @@ pck_chains = Table(
 )
 platform_tcbs = Table(
     "platform_tcbs", metadata,
-    Column("qe_id", String(64), primary_key=True),
+    Column("qe_id", String(260), primary_key=True),
     Column("pce_id", String(4), primary_key=True),
     Column("cpu_svn", String(32), primary_key=True),
     Column("pce_svn", String(4), primary_key=True),
@@ -89,7 +89,7 @@ platform_tcbs = Table(
 registrations = Table(
     "registrations", metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("qe_id", String(64), nullable=False),
+    Column("qe_id", String(260), nullable=False),
     Column("pce_id", String(4), nullable=False),
     Column("cpu_svn", String(32)),
     Column("pce_svn", String(4)),

@@ -30,12 +30,17 @@ def build(options: PccsOptions, *, clock=None, getter=None) -> Pccs:  # noqa: AN
         roots = (TrustAnchor.from_file(options.trusted_root),) if options.trusted_root else ()
     except VerificationError as e:
         raise PccsConfigError(f"trusted_root: {e.message}") from e
+    from sqlalchemy.engine import make_url
+
+    try:
+        shown = make_url(options.db_url).render_as_string(hide_password=True)
+    except Exception as e:  # noqa: BLE001 - any unparsable URL
+        raise PccsConfigError(f"database URL does not parse: {e}") from e
     try:
         engine = make_engine(options.db_url)
         migrate(engine)
-    except SQLAlchemyError as e:
-        raise PccsConfigError(f"database {engine.url.render_as_string(hide_password=True)}: {e.__class__.__name__}: "
-                              f"{str(e).splitlines()[0]}") from e
+    except (SQLAlchemyError, OSError) as e:
+        raise PccsConfigError(f"database {shown}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from e
     kw = {"clock": clock} if clock else {}
     return Pccs(options, engine, roots=roots, getter=getter, **kw)
 

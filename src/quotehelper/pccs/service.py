@@ -155,7 +155,7 @@ class Pccs:
         now = self.clock()
         row = self._memo_get(spec.key)
         if row is None or not now < row.not_after:  # type: ignore[attr-defined]
-            row = self.collateral.get(spec.key)
+            row = await asyncio.to_thread(self.collateral.get, spec.key)  # a locked database waits off the loop
             if row is not None:
                 self._memo_put(spec.key, row)
         if row is not None and now < row.not_after:
@@ -217,7 +217,8 @@ class Pccs:
                                                expect=expect)
             row = Row(spec.key, spec.kind, r.body, chain, url, now, checked.not_after, checked.evaluation_number)
             await self._noticed(spec, checked)
-        self.collateral.put(row, tee=spec.tee, version=spec.version, subject=spec.subject, update_type=spec.update)
+        await asyncio.to_thread(self.collateral.put, row, tee=spec.tee, version=spec.version, subject=spec.subject,
+                                update_type=spec.update)
         self._memo.pop(spec.key, None)
         return row
 
@@ -228,6 +229,7 @@ class Pccs:
         if spec.kind == "tcb":
             if spec.version >= 4:
                 expect["id"] = spec.tee.upper()
+            expect["version"] = 2 if spec.version == 3 else 3  # API v3 serves tcbInfo v2, API v4 tcbInfo v3
             expect["fmspc"] = spec.subject
             return ep.tcb(spec.tee, bytes.fromhex(spec.subject), spec.update, spec.evaluation_number), "tcbInfo", expect
         if spec.kind == "identity":
@@ -235,7 +237,7 @@ class Pccs:
             url = (ep.qve_identity(spec.update) if spec.subject == "qve" else
                    ep.qe_identity(spec.tee, spec.update, spec.evaluation_number))
             return url, "enclaveIdentity", expect
-        return ep.tcb_evaluation_data_numbers(spec.tee), "tcbEvaluationDataNumbers", {}
+        return ep.tcb_evaluation_data_numbers(spec.tee), "tcbEvaluationDataNumbers", {"id": spec.tee.upper()}
 
     async def _fetch_root_crl(self, ep: Endpoints) -> tuple[bytes, str]:
         if ep.kind != "pcs":
@@ -281,7 +283,7 @@ class Pccs:
         return answer
 
     async def _pckcert(self, qe_id: str, pce_id: str, cpu_svn: str, pce_svn: str, enc_ppid: str | None) -> dict:
-        platform = self.platforms.get(qe_id, pce_id)
+        platform = await asyncio.to_thread(self.platforms.get, qe_id, pce_id)
         if platform is None:
             if self.o.mode != "LAZY":
                 raise PccsHttpError(461)
@@ -289,13 +291,14 @@ class Pccs:
                 raise PccsHttpError(404, "unknown platform and no encrypted PPID to ask the upstream with")
             platform = await self._fetch_certs({"qe_id": qe_id, "pce_id": pce_id, "enc_ppid": enc_ppid,
                                                 "cpu_svn": cpu_svn, "pce_svn": pce_svn})
-        tcbm = self.platforms.selected(qe_id, pce_id, cpu_svn, pce_svn)
-        certs = dict(self.platforms.certs(qe_id, pce_id))
+        tcbm = await asyncio.to_thread(self.platforms.selected, qe_id, pce_id, cpu_svn, pce_svn)
+        certs = dict(await asyncio.to_thread(self.platforms.certs, qe_id, pce_id))
         if tcbm is None or tcbm not in certs:
             tcbm = await self._select(platform, cpu_svn, pce_svn, certs)
-            self.platforms.remember(qe_id, pce_id, cpu_svn, pce_svn, tcbm)
+            await asyncio.to_thread(self.platforms.remember, qe_id, pce_id, cpu_svn, pce_svn, tcbm)
+        chain = await asyncio.to_thread(self.platforms.chain, platform["ca"])
         return {"cert": certs[tcbm], "tcbm": tcbm, "fmspc": platform["fmspc"], "ca": platform["ca"],
-                "chain": self.platforms.chain(platform["ca"]) or ""}
+                "chain": chain or ""}
 
     async def _select(self, platform: dict, cpu_svn: str, pce_svn: str, certs: dict[str, str]) -> str:
         tcb = None
@@ -317,7 +320,7 @@ class Pccs:
             raise PccsHttpError(404, str(e)) from e
         return best.tcbm
 
-    async def _fetch_certs(self, p: dict) -> dict:
+    async def _fetch_certs(self, p: dict, *, allow_new_ppid: bool = False) -> dict:
         """The platform's PCK certificates from the upstream (pckcerts; an upstream PCCS has only pckcert),
         checked (chain to the root, not revoked) and stored with the platform."""
         ep = self._ep(4)
@@ -361,7 +364,14 @@ class Pccs:
         platform = {"qe_id": p["qe_id"], "pce_id": p["pce_id"], "enc_ppid": p.get("enc_ppid"),
                     "platform_manifest": p.get("platform_manifest"), "cpu_svn": p.get("cpu_svn"),
                     "pce_svn": p.get("pce_svn"), "fmspc": fmspc, "ca": ca}
-        self.platforms.store_certs(platform, certs, chain)
+        new_ppid = PckCandidate.from_pem(certs[0][1]).ext.ppid
+        stored = await asyncio.to_thread(self.platforms.certs, p["qe_id"], p["pce_id"])
+        if stored and PckCandidate.from_pem(stored[0][1]).ext.ppid != new_ppid and not allow_new_ppid:
+            # Another machine's certificates under this QE ID would make its quotes unverifiable: a request
+            # (no token needed in LAZY) must not be able to do that.
+            raise PccsHttpError(400, f"QE ID {p['qe_id']} is registered with another PPID's certificates; only an "
+                                "admin refresh replaces them")
+        await asyncio.to_thread(self.platforms.store_certs, platform, certs, chain)
         self._memo = {k: v for k, v in self._memo.items() if not (isinstance(k, tuple) and k[0] == "pckcert")}
         return platform
 
@@ -423,11 +433,18 @@ class Pccs:
         return {"refreshed": done, "failed": failed}
 
     async def _refresh_certs(self, fmspcs: list[str] | None) -> int:
+        """Refetches every registered platform's certificates (one failing platform does not stop the
+        others: it keeps its stored set and is logged)."""
         n = 0
-        for p in self.platforms.all(fmspcs):
-            if p.get("enc_ppid"):
-                await self._fetch_certs(p)
+        for p in await asyncio.to_thread(self.platforms.all, fmspcs):
+            if not p.get("enc_ppid"):
+                continue
+            try:
+                await self._fetch_certs(p, allow_new_ppid=True)
                 n += 1
+            except (PccsHttpError, PcsError) as e:
+                self.metrics.refresh_failed("pckcerts")
+                log.warning("PCK certificate refresh of platform %s failed: %s", p["qe_id"], e)
         return n
 
     async def _refresh_certs_quietly(self, fmspcs: list[str]) -> None:

@@ -1,5 +1,6 @@
-"""Offline collateral: `PUT /platformcollateral` (what Intel's `pccsadmin put` sends; collateral-service.md
-§1.6) and building such a bundle from a PCS (what `pccsadmin fetch` does) for an OFFLINE PCCS.
+"""Offline collateral: `PUT /platformcollateral`, the document Intel's `pccsadmin fetch` makes and `pccsadmin
+put` sends (collateral-service.md §1.6), for an OFFLINE PCCS. (Making that document is pccsadmin's job;
+this project does not reimplement it.)
 
 Everything imported is checked like fetched collateral before anything is stored: the root CA CRL under
 the trust anchor, PCK CRLs and certificates against their chains, TCB infos and identities by signature

@@ -31,7 +31,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "platforms",
-        sa.Column("qe_id", sa.String(64), primary_key=True),
+        sa.Column("qe_id", sa.String(260), primary_key=True),
         sa.Column("pce_id", sa.String(4), primary_key=True),
         sa.Column("enc_ppid", sa.Text),
         sa.Column("platform_manifest", sa.Text),
@@ -43,7 +43,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "pck_certs",
-        sa.Column("qe_id", sa.String(64), primary_key=True),
+        sa.Column("qe_id", sa.String(260), primary_key=True),
         sa.Column("pce_id", sa.String(4), primary_key=True),
         sa.Column("tcbm", sa.String(36), primary_key=True),
         sa.Column("cert", sa.Text, nullable=False),
@@ -55,7 +55,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "platform_tcbs",
-        sa.Column("qe_id", sa.String(64), primary_key=True),
+        sa.Column("qe_id", sa.String(260), primary_key=True),
         sa.Column("pce_id", sa.String(4), primary_key=True),
         sa.Column("cpu_svn", sa.String(32), primary_key=True),
         sa.Column("pce_svn", sa.String(4), primary_key=True),
@@ -64,7 +64,7 @@ def upgrade() -> None:
     op.create_table(
         "registrations",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-        sa.Column("qe_id", sa.String(64), nullable=False),
+        sa.Column("qe_id", sa.String(260), nullable=False),
         sa.Column("pce_id", sa.String(4), nullable=False),
         sa.Column("cpu_svn", sa.String(32)),
         sa.Column("pce_svn", sa.String(4)),

@@ -113,10 +113,11 @@ def test_wrong_kind_upstream_data_is_refused(make_env, db_url) -> None:
 
 
 def test_configuration_errors_are_named(tmp_path) -> None:
-    with pytest.raises(PccsConfigError, match="does not exist"):
-        PccsOptions.from_dict({"sqlite": {"options": {"storage": str(tmp_path / "nope" / "pck.db")}}})
-    assert PccsOptions.from_dict({"ApiKey": None}).api_key == ""
     from quotehelper.pccs.serve import build
+
+    with pytest.raises(PccsConfigError, match="does not exist"):
+        build(PccsOptions.from_dict({"sqlite": {"options": {"storage": str(tmp_path / "nope" / "pck.db")}}}))
+    assert PccsOptions.from_dict({"ApiKey": None}).api_key == ""
 
     with pytest.raises(PccsConfigError, match="database"):
         build(PccsOptions(db_url="postgresql+nosuchdriver://x@127.0.0.1/db"))

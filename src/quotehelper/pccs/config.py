@@ -115,10 +115,7 @@ class PccsOptions:
         if db == "sqlite":
             sq = conf.get("sqlite") or {}
             storage = ((sq.get("options") or {}) if isinstance(sq, dict) else {}).get("storage", "pckcache.db")
-            db_file = (base / str(storage)).absolute()
-            if not db_file.parent.is_dir():
-                raise PccsConfigError(f"sqlite.options.storage: the directory {db_file.parent} does not exist")
-            db_url = f"sqlite:///{db_file}"
+            db_url = f"sqlite:///{(base / str(storage)).absolute()}"  # its directory is checked at start
         elif db in ("postgres", "postgresql"):
             pg = conf.get("postgres") or {}
             db_url = pg.get("url") if isinstance(pg, dict) else None

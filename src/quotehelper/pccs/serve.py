@@ -8,6 +8,7 @@ import logging
 import random
 import ssl
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
@@ -36,6 +37,9 @@ def build(options: PccsOptions, *, clock=None, getter=None) -> Pccs:  # noqa: AN
         shown = make_url(options.db_url).render_as_string(hide_password=True)
     except Exception as e:  # noqa: BLE001 - any unparsable URL
         raise PccsConfigError(f"database URL does not parse: {e}") from e
+    url = make_url(options.db_url)
+    if url.get_backend_name() == "sqlite" and url.database and not Path(url.database).parent.is_dir():
+        raise PccsConfigError(f"sqlite.options.storage: the directory {Path(url.database).parent} does not exist")
     try:
         engine = make_engine(options.db_url)
         migrate(engine)

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from quotehelper.cli import main
+from quotehelper.cli import common, main
 
 EXIT_INPUT = 2
 
@@ -86,6 +86,7 @@ def collateral_group() -> None:
               help="Directory to write: DIR/pcs/, the PCS-response folder `verify --collateral` reads, and "
                    "DIR/collateral.json (dcap-qvl QuoteCollateralV3); - prints that JSON on stdout instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print where each item came from as JSON.")
+@common.logging_options()
 def collateral_fetch(quote: Path, root_ca: Path | None, out_dir: Path, as_json: bool, **service: Any) -> None:
     """Fetch, verify and write the collateral QUOTE needs (PCK CRL, TCB info, QE identity, root CA CRL)."""
     from quotehelper.cli.inspect_cmd import _read_quote_file
@@ -142,6 +143,7 @@ def _pki_option(f: Callable) -> Callable:
 @click.option("--platform", "platforms", multiple=True, type=click.Path(file_okay=False, path_type=Path),
               help="Register this software platform (repeatable; `sim init` registers new ones itself).")
 @click.option("--api-key", help="The Ocp-Apim-Subscription-Key pckcerts requires [default: any non-empty key].")
+@common.logging_options()
 def pcs_serve(pki_dir: Path, listen: str, tls_cert: Path | None, tls_key: Path | None, platforms: tuple[Path, ...],
               api_key: str | None) -> None:
     """Serve PCS v4 (pckcert, pckcerts, pckcrl, tcb, qe/identity, qve/identity, tcbevaluationdatanumbers and the
@@ -161,6 +163,7 @@ def pcs_serve(pki_dir: Path, listen: str, tls_cert: Path | None, tls_key: Path |
 @_pki_option
 @click.option("--fmspc", help="Only this FMSPC (12 hex digits) [default: every registered FMSPC].")
 @click.option("--early-only", is_flag=True, help="Serve the new evaluation to update=early only (until `pcs promote`).")
+@common.logging_options()
 def pcs_tcb_recovery(pki_dir: Path, fmspc: str | None, early_only: bool) -> None:
     """Publish TCB evaluation N+1, under which the registered platforms are OutOfDate (a TCB recovery)."""
     from quotehelper.platform.sim.tcbeval import recover
@@ -172,6 +175,7 @@ def pcs_tcb_recovery(pki_dir: Path, fmspc: str | None, early_only: bool) -> None
 @pcs_group.command("promote")
 @_pki_option
 @click.option("--fmspc", help="Only this FMSPC [default: all].")
+@common.logging_options()
 def pcs_promote(pki_dir: Path, fmspc: str | None) -> None:
     """update=standard catches up with update=early."""
     from quotehelper.platform.sim.tcbeval import promote
@@ -205,6 +209,7 @@ def pccs_serve(config_paths: tuple[Path, ...]) -> None:
 
 
 @pccs_group.command("hash-token")
+@common.logging_options()
 def pccs_hash_token() -> None:
     """Read a token on standard input; print its SHA-512 (for UserTokenHash / AdminTokenHash)."""
     import hashlib

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from quotehelper.cli import main
+from quotehelper.cli import common, main
 from quotehelper.cli.common import (
     EXIT_INPUT,
     EXIT_OK,
@@ -145,6 +145,7 @@ def ratls() -> None:
               help="Private key file written (PEM, mode 0600) [default: OUTPUT with suffix .key; needed "
                    "with -o -].")
 @timeout_option("to keep retrying the quote service (restarting, busy)", 30.0)
+@common.logging_options()
 def cert_cmd(output: str, key_output: Path | None, **kw: Any) -> None:
     """A new key and its RA-TLS certificate, quoted by a (simulated) app enclave through the quote provider."""
     if output == "-" and key_output is None:
@@ -167,6 +168,7 @@ def cert_cmd(output: str, key_output: Path | None, **kw: Any) -> None:
 @_verifying_options
 @click.option("--now", type=TIME, default=None, help="Verification time: unix seconds or ISO 8601 (default: now).")
 @json_option
+@common.logging_options()
 def verify_cmd(cert: Path, now: Any, as_json: bool, **kw: Any) -> None:
     """Judge an RA-TLS certificate (ours, Gramine's, the Intel SGX SDK's, rats-tls's) against a policy."""
     try:
@@ -192,6 +194,7 @@ def verify_cmd(cert: Path, now: Any, as_json: bool, **kw: Any) -> None:
 @click.option("--one-way", is_flag=True, help="Do not ask clients for an RA-TLS certificate.")
 @click.option("--once", is_flag=True, help="Serve one connection, then exit with its verdict's exit code.")
 @timeout_option("for the quote, and for each connection's handshake and I/O", 30.0)
+@common.logging_options()
 def serve_cmd(listen: str, one_way: bool, once: bool, timeout: float, **kw: Any) -> None:
     """Attested TLS server: reads one line from each client and answers it (one connection at a time)."""
     from quotehelper.ratls import RatlsError, tls
@@ -233,6 +236,7 @@ def serve_cmd(listen: str, one_way: bool, once: bool, timeout: float, **kw: Any)
 @click.option("--message", default="hello", show_default=True, help="Line sent once the server is accepted.")
 @timeout_option("for the quote, the connection (refused connections are retried), the handshake and the reply",
                 30.0)
+@common.logging_options()
 def connect_cmd(address: str, one_way: bool, message: str, timeout: float, **kw: Any) -> None:
     """Attested TLS client: judges the server's certificate, then sends --message and prints the reply."""
     from quotehelper.ratls import RatlsCode, RatlsError, tls

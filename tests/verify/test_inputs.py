@@ -14,17 +14,11 @@ from click.testing import CliRunner
 
 from quotehelper.cli import main
 from quotehelper.inputs import InputError, InputTypeError, as_path, as_quote_bytes, as_utc, parse_time
-from quotehelper.verify import (
-    Collateral,
-    ErrorCode,
-    Policy,
-    TrustAnchor,
-    VerificationError,
-    Verifier,
-    VerifyOptions,
-    load_collateral,
-    verify,
-)
+from quotehelper.verify.collateral import Collateral, load_collateral
+from quotehelper.verify.errors import ErrorCode, VerificationError
+from quotehelper.verify.policy import Policy
+from quotehelper.verify.trust import TrustAnchor
+from quotehelper.verify.verifier import Verifier, VerifyOptions, verify
 from tests.conftest import TESTDATA
 from tests.verify.helpers import CASES, path
 

@@ -21,17 +21,11 @@ from quotehelper.platform.sim import SimPlatform
 from quotehelper.platform.sim.collateral import signed_body
 from quotehelper.sgx.describe import quote_dict
 from quotehelper.sgx.quote import parse_quote
-from quotehelper.verify import (
-    Collateral,
-    ErrorCode,
-    Kind,
-    Policy,
-    TrustAnchor,
-    VerificationError,
-    Verifier,
-    VerifyOptions,
-)
-from quotehelper.verify.collateral import split_signed_body
+from quotehelper.verify.collateral import Collateral, split_signed_body
+from quotehelper.verify.errors import ErrorCode, Kind, VerificationError
+from quotehelper.verify.policy import Policy
+from quotehelper.verify.trust import TrustAnchor
+from quotehelper.verify.verifier import Verifier, VerifyOptions
 from tests.verify.helpers import CASES, path
 
 PHALA = CASES["phala"]

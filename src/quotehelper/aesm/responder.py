@@ -37,7 +37,6 @@ Reply = bytes | asyncio.Future[bytes] | None
 ANYONE = Tenant("all", "all")  # the tenant of callers that do not say (tests, the in-process path)
 DENIED_LOG_INTERVAL = 10.0  # seconds between log lines about one denied tenant
 _SUCCESS = "AESM_SUCCESS"
-DRAIN_BUDGET = 0.5e-3  # seconds of engine calls per event-loop iteration before accepts get their turn
 
 
 class AesmResponder:
@@ -59,7 +58,7 @@ class AesmResponder:
 
     MEMO_LIMIT = 64  # entries; payloads differ only in key id and timeout. Oldest evicted first.
     MEMO_MAX_PAYLOAD = 2048  # requests above this (e.g. a long SelectAttKeyID list) are not kept
-    BATCH = 32  # queue items per event-loop iteration, at most (and at most DRAIN_BUDGET of engine time)
+    BATCH = 32  # engine calls per event-loop iteration (32 x ~36 us: cheap calls wait at most ~1.2 ms)
 
     def __init__(self, dispatcher: Dispatcher, engine: QuotingEngine, options: ServeOptions | None = None) -> None:
         options = options or ServeOptions()
@@ -181,7 +180,6 @@ class AesmResponder:
 
     def _drain(self) -> None:
         queue = self._queue
-        start = perf_counter()
         try:
             for _ in range(self.BATCH):
                 nxt = queue.pop()
@@ -200,10 +198,7 @@ class AesmResponder:
                     self._count((_ENGINE_CALL_LABELS[call.tag], "AESM_UNEXPECTED_ERROR"))
                     tenant.errors += 1
                     fut.set_result(encode_frame(failure_response(call, AesmError.UNEXPECTED_ERROR)))
-                t1 = perf_counter()
-                queue.charge(tenant, t1 - t0)
-                if t1 - start > DRAIN_BUDGET:
-                    break
+                queue.charge(tenant, perf_counter() - t0)
         finally:
             if queue.size:
                 asyncio.get_running_loop().call_soon(self._drain)  # let I/O in before the next batch

@@ -124,7 +124,7 @@ class AesmServer:
         self._listen: socket.socket | None = None
         self._stopping: asyncio.Event | None = None
         self._sweeper: asyncio.TimerHandle | None = None
-        self._accept_batch = 64  # connections taken per readiness callback, so queued work interleaves
+        self._accept_batch = 32  # connections taken per readiness callback, so queued work interleaves
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
     async def start(self) -> None:

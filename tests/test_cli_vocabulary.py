@@ -4,6 +4,7 @@ spellings, and runs the reproducers of the old drift."""
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 
 import click
@@ -18,7 +19,8 @@ RETIRED = {"--platform-dir", "--out", "--deadline"}
 # Commands that print a result (not a stream of logs or a file written): each offers --json.
 # pccs serve takes its log level from the PCCS configuration (LogLevel, as Intel's PCCS does).
 OWN_LOGGING = {"pccs serve"}
-PRINTS_A_RESULT = {"verify", "inspect", "health", "sim init", "sim show", "ratls verify", "collateral fetch"}
+PRINTS_A_RESULT = {"verify", "inspect", "health", "sim init", "sim show", "sim export", "sim revoke-pck",
+                   "ratls verify", "collateral fetch"}
 
 
 def commands() -> dict[str, click.Command]:
@@ -100,3 +102,13 @@ def test_old_spellings_still_parse(argv: list[str], new: str) -> None:
     old = next(a for a in argv if a.startswith("--"))
     r = CliRunner().invoke(main, argv)
     assert r.exit_code == 0 and new in r.output and old not in r.output.replace(new, "")
+
+
+def test_sim_export_and_revoke_print_json(tmp_path: Path) -> None:
+    plat = str(tmp_path / "p")
+    assert CliRunner().invoke(main, ["sim", "init", "--platform", plat]).exit_code == 0
+    r = CliRunner().invoke(main, ["sim", "export", "--platform", plat, "--out-dir", str(tmp_path / "t"), "--json"])
+    files = json.loads(r.stdout)
+    assert r.exit_code == 0 and str(tmp_path / "t" / "collateral.json") in files and all(Path(f).exists() for f in files)
+    r = CliRunner().invoke(main, ["sim", "revoke-pck", "--platform", plat, "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["ca"] == "processor"

@@ -172,24 +172,28 @@ def quote_cmd(platform_dir: Path | None, report_data: bytes, out: str, **identit
 @sim.command("export")
 @platform_option()
 @common.out_dir_option("Directory for root_ca.pem/.der, collateral.json and pcs/", aliases=("--out",))
+@common.json_option
 @friendly
 @common.logging_options()
-def export_cmd(platform_dir: Path | None, out_dir: Path) -> None:
-    """Write the trust anchor and fresh signed collateral for verifiers."""
+def export_cmd(platform_dir: Path | None, out_dir: Path, as_json: bool) -> None:
+    """Write the trust anchor and fresh signed collateral for verifiers; print the files written."""
     plat = SimPlatform.open(_resolve(platform_dir))
-    for path in plat.export(out_dir):
-        click.echo(str(path))
+    written = [str(path) for path in plat.export(out_dir)]
+    click.echo(json.dumps(written) if as_json else "\n".join(written))
 
 
 @sim.command("revoke-pck")
 @platform_option()
+@common.json_option
 @friendly
 @common.logging_options()
-def revoke_cmd(platform_dir: Path | None) -> None:
+def revoke_cmd(platform_dir: Path | None, as_json: bool) -> None:
     """Put the platform's PCK certificate on its CA's CRL (collateral exported afterwards shows it)."""
     plat = SimPlatform.open(_resolve(platform_dir))
     plat.pki.revoke_pck(plat)
-    click.echo(f"revoked PCK certificate serial {plat.pck_cert.serial_number:x} ({plat.ca} CA)")
+    serial = f"{plat.pck_cert.serial_number:x}"
+    click.echo(json.dumps({"revoked_serial": serial, "ca": plat.ca}) if as_json
+               else f"revoked PCK certificate serial {serial} ({plat.ca} CA)")
 
 
 @sim.command("show")

@@ -7,7 +7,7 @@ import json
 import multiprocessing
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,19 +42,19 @@ class BatchSettings:
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(settings: BatchSettings, collaterals: dict[Any, Collateral]) -> None:
+def _init_worker(settings: BatchSettings) -> None:
     roots = tuple(TrustAnchor.from_bytes(d) for d in settings.roots_der)
     _worker["verifier"] = Verifier(VerifyOptions(trusted_roots=roots, now=settings.now, policy=settings.policy))
-    _worker["collaterals"] = collaterals
 
 
-def _verify_chunk(chunk: list[tuple[int, str, Any, bytes | None]]) -> list[tuple[int, str, dict, int, bool]]:
+def _verify_chunk(chunk: tuple[dict[Any, Collateral], list[tuple[int, str, Any, bytes | None]]]
+                  ) -> list[tuple[int, str, dict, int, bool]]:
     verifier: Verifier = _worker["verifier"]
+    collaterals, items = chunk
     out = []
-    for i, path, key, raw in chunk:
-        coll = _worker["collaterals"][key]
+    for i, path, key, raw in items:
         try:
-            v = verifier.verify(raw if raw is not None else _read_quote_file(Path(path)), coll)
+            v = verifier.verify(raw if raw is not None else _read_quote_file(Path(path)), collaterals[key])
         except VerificationError as e:
             v = Verdict(valid=False, error=e)
         except OSError as e:
@@ -65,18 +65,26 @@ def _verify_chunk(chunk: list[tuple[int, str, Any, bytes | None]]) -> list[tuple
     return out
 
 
-def _collateral_keys(files: list[Path], collateral: Collateral | None, client: Any,
-                     out: Any) -> tuple[list[tuple[int, str, Any, bytes | None]], dict[Any, Collateral], list[int], int]:
-    """Which collateral each quote uses: NAME.collateral.json beside it, else --collateral, else fetched
-    once per (TEE, FMSPC, CA). Quotes whose collateral cannot be had get an error line now."""
+@dataclass
+class _Plan:
+    """What the reading side found besides quotes to verify (filled as it goes, read at the end)."""
+
+    rows: list[str] = field(default_factory=list)   # JSON lines for quotes that were not verified
+    codes: list[int] = field(default_factory=list)
+    not_quotes: int = 0
+
+
+def _chunks(files: list[Path], collateral: Collateral | None, client: Any, plan: _Plan
+            ) -> Iterator[tuple[dict[Any, Collateral], list[tuple[int, str, Any, bytes | None]]]]:
+    """Reads the quotes and yields them in chunks with the collateral each needs: NAME.collateral.json
+    beside it, else --collateral, else fetched once per (TEE, FMSPC, CA). A generator, so the workers
+    verify while the files are still being read."""
     from quotehelper.pcs import PcsError
     from quotehelper.pcs.needs import needs_for
 
-    jobs: list[tuple[int, str, Any, bytes | None]] = []  # the bytes when read already (sent, not re-read)
     colls: dict[Any, Collateral] = {}
-    codes: list[int] = []
-    skipped: list[str] = []
     failed: dict[Any, PcsError] = {}
+    items: list[tuple[int, str, Any, bytes | None]] = []
     for i, path in enumerate(files):
         own = path.with_name(path.name + ".collateral.json")
         quote: bytes | None = None
@@ -105,42 +113,48 @@ def _collateral_keys(files: list[Path], collateral: Collateral | None, client: A
                         raise
         except VerificationError as e:  # from load_quote: not a quote (skipped), or a damaged one
             if e.code is ErrorCode.NOT_A_QUOTE:
-                skipped.append(str(path))
+                plan.not_quotes += 1
                 continue
             v = Verdict(valid=False, error=e)
-            out.write(json.dumps({"file": str(path), **v.to_dict()}) + "\n")
-            codes.append(v.exit_code())
+            plan.rows.append(json.dumps({"file": str(path), **v.to_dict()}))
+            plan.codes.append(v.exit_code())
             continue
         except PcsError as e:
-            out.write(json.dumps({"file": str(path), "valid": False, "error": e.to_dict()}) + "\n")
-            codes.append(EXIT_INPUT)
+            plan.rows.append(json.dumps({"file": str(path), "valid": False, "error": e.to_dict()}))
+            plan.codes.append(EXIT_INPUT)
             continue
         except OSError as e:
-            click.echo(f"error: cannot read {path}: {e}", err=True)
-            codes.append(EXIT_INPUT)
+            plan.rows.append(json.dumps({"file": str(path), "valid": False,
+                                         "error": {"code": "UNREADABLE", "message": str(e)}}))
+            plan.codes.append(EXIT_INPUT)
             continue
-        jobs.append((i, str(path), key, quote))
-    return jobs, colls, codes, len(skipped)
+        items.append((i, str(path), key, quote))
+        if len(items) == _CHUNK:
+            yield {k: colls[k] for k in {it[2] for it in items}}, items
+            items = []
+    if items:
+        yield {k: colls[k] for k in {it[2] for it in items}}, items
 
 
 def run_batch(directory: Path, out: Any, settings: BatchSettings, *, collateral: Collateral | None,
               client: Any, jobs: int) -> int:
     files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() not in SKIP_SUFFIXES
                    and not p.name.endswith(".collateral.json"))
-    work, colls, codes, not_quotes = _collateral_keys(files, collateral, client, out)
-    chunks = [work[i:i + _CHUNK] for i in range(0, len(work), _CHUNK)]
-    counts = {"accepted": 0, "rejected": 0, "invalid": len(codes), "not quotes": not_quotes}
+    plan = _Plan()
+    counts = {"accepted": 0, "rejected": 0, "invalid": 0, "not quotes": 0}
+    codes: list[int] = []
 
     def results() -> Iterator[list[tuple[int, str, dict, int, bool]]]:
-        if jobs <= 1 or len(chunks) <= 1:
-            _init_worker(settings, colls)
+        chunks = _chunks(files, collateral, client, plan)
+        if jobs <= 1 or len(files) <= _CHUNK:
+            _init_worker(settings)
             yield from map(_verify_chunk, chunks)
             return
         ctx = multiprocessing.get_context("fork")
-        with ctx.Pool(jobs, initializer=_init_worker, initargs=(settings, colls)) as pool:
+        with ctx.Pool(jobs, initializer=_init_worker, initargs=(settings,)) as pool:
             yield from pool.imap(_verify_chunk, chunks)
 
-    with click.progressbar(length=len(work), label="verifying", file=sys.stderr, show_pos=True) as bar:
+    with click.progressbar(length=len(files), label="verifying", file=sys.stderr, show_pos=True) as bar:
         for rows in results():
             for _, path, verdict, code, skip in rows:
                 bar.update(1)
@@ -150,6 +164,11 @@ def run_batch(directory: Path, out: Any, settings: BatchSettings, *, collateral:
                 codes.append(code)
                 counts["accepted" if code == EXIT_OK else "rejected" if code == EXIT_POLICY else "invalid"] += 1
                 out.write(json.dumps({"file": path, **verdict}) + "\n")
+    for row in plan.rows:
+        out.write(row + "\n")
+    codes += plan.codes
+    counts["invalid"] += len(plan.codes)
+    counts["not quotes"] += plan.not_quotes
     skipped = f", {counts['not quotes']} files skipped (not quotes)" if counts["not quotes"] else ""
     click.echo(f"{len(codes)} quotes: {counts['accepted']} accepted, {counts['rejected']} rejected by policy, "
                f"{counts['invalid']} invalid{skipped}", err=True)

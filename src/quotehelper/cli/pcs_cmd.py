@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -195,8 +196,10 @@ def pccs_group() -> None:
               type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="JSON configuration, keys as Intel PCCS's config.json (README: PCCS). Repeatable: a later "
                    "file's keys override (objects: merge into) the earlier ones', e.g. secrets from another file.")
-def pccs_serve(config_paths: tuple[Path, ...]) -> None:
-    """Serve the PCCS API with the caching mode, upstream and storage the configuration names."""
+@common.logging_options(default=logging.INFO)
+def pccs_serve(config_paths: tuple[Path, ...], verbose: int) -> None:
+    """Serve the PCCS API with the caching mode, upstream and storage the configuration names. The log level
+    is the configuration's LogLevel unless -v says otherwise."""
     from quotehelper.pccs.config import PccsConfigError, PccsOptions
     from quotehelper.pccs.serve import run
 
@@ -205,7 +208,7 @@ def pccs_serve(config_paths: tuple[Path, ...]) -> None:
     except PccsConfigError as e:
         fail(e)
         return
-    run(options)
+    run(options, log_level_from_config=verbose == 0)
 
 
 @pccs_group.command("hash-token")

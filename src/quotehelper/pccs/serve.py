@@ -83,9 +83,12 @@ async def start(options: PccsOptions, **kw) -> tuple[web.AppRunner, str, asyncio
     return runner, f"{'https' if ctx else 'http'}://{options.hosts}:{port}", task
 
 
-def run(options: PccsOptions) -> None:
-    logging.basicConfig(level={"error": logging.ERROR, "warn": logging.WARNING, "debug": logging.DEBUG}.get(
-        options.log_level.lower(), logging.INFO), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def run(options: PccsOptions, *, log_level_from_config: bool = True) -> None:
+    """Serves until SIGINT/SIGTERM. Logging is configured by the caller (the CLI's -v/-q/--log-format);
+    with `log_level_from_config` the configuration's LogLevel sets the level."""
+    if log_level_from_config:
+        logging.getLogger().setLevel({"error": logging.ERROR, "warn": logging.WARNING, "debug": logging.DEBUG}.get(
+            options.log_level.lower(), logging.INFO))
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
     state: list = []

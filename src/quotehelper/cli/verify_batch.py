@@ -48,7 +48,9 @@ def _init_worker(settings: BatchSettings) -> None:
 
 
 def _verify_chunk(chunk: tuple[dict[Any, Collateral], list[tuple[int, str, Any, bytes | None]]]
-                  ) -> list[tuple[int, str, dict, int, bool]]:
+                  ) -> list[tuple[int, str, str, int, bool]]:
+    """(index, path, the JSON line, exit code, not a quote) per quote: the worker makes the line, so the
+    parent, which shares the CPUs, only writes it."""
     verifier: Verifier = _worker["verifier"]
     collaterals, items = chunk
     out = []
@@ -58,10 +60,11 @@ def _verify_chunk(chunk: tuple[dict[Any, Collateral], list[tuple[int, str, Any, 
         except VerificationError as e:
             v = Verdict(valid=False, error=e)
         except OSError as e:
-            out.append((i, path, {"error": {"code": "UNREADABLE", "message": str(e)}}, EXIT_INPUT, False))
+            line = json.dumps({"file": path, "valid": False, "error": {"code": "UNREADABLE", "message": str(e)}})
+            out.append((i, path, line, EXIT_INPUT, False))
             continue
         skip = v.error is not None and v.error.code is ErrorCode.NOT_A_QUOTE
-        out.append((i, path, v.to_dict(), v.exit_code(), skip))
+        out.append((i, path, "" if skip else json.dumps({"file": path, **v.to_dict()}), v.exit_code(), skip))
     return out
 
 
@@ -144,7 +147,7 @@ def run_batch(directory: Path, out: Any, settings: BatchSettings, *, collateral:
     counts = {"accepted": 0, "rejected": 0, "invalid": 0, "not quotes": 0}
     codes: list[int] = []
 
-    def results() -> Iterator[list[tuple[int, str, dict, int, bool]]]:
+    def results() -> Iterator[list[tuple[int, str, str, int, bool]]]:
         chunks = _chunks(files, collateral, client, plan)
         if jobs <= 1 or len(files) <= _CHUNK:
             _init_worker(settings)
@@ -156,14 +159,14 @@ def run_batch(directory: Path, out: Any, settings: BatchSettings, *, collateral:
 
     with click.progressbar(length=len(files), label="verifying", file=sys.stderr, show_pos=True) as bar:
         for rows in results():
-            for _, path, verdict, code, skip in rows:
-                bar.update(1)
+            for _, _path, line, code, skip in rows:
                 if skip:
                     counts["not quotes"] += 1
                     continue
                 codes.append(code)
                 counts["accepted" if code == EXIT_OK else "rejected" if code == EXIT_POLICY else "invalid"] += 1
-                out.write(json.dumps({"file": path, **verdict}) + "\n")
+                out.write(line + "\n")
+            bar.update(len(rows))
     for row in plan.rows:
         out.write(row + "\n")
     codes += plan.codes

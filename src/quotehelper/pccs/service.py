@@ -110,6 +110,7 @@ class Pccs:
         # Answers read from the store, kept MEMO_S seconds: a storm of nodes asks for the same few items.
         # This replica's own writes replace them at once; another replica's show within MEMO_S.
         self._memo: dict[object, tuple[float, object]] = {}
+        self._reads: dict[object, asyncio.Future] = {}
 
     # ---- upstream ----------------------------------------------------------------------------------
     def _ep(self, version: int) -> Endpoints:
@@ -155,7 +156,7 @@ class Pccs:
         now = self.clock()
         row = self._memo_get(spec.key)
         if row is None or not now < row.not_after:  # type: ignore[attr-defined]
-            row = await asyncio.to_thread(self.collateral.get, spec.key)  # a locked database waits off the loop
+            row = await self._once(("row", spec.key), lambda: asyncio.to_thread(self.collateral.get, spec.key))
             if row is not None:
                 self._memo_put(spec.key, row)
         if row is not None and now < row.not_after:
@@ -278,9 +279,28 @@ class Pccs:
         hit = self._memo_get(memo_key)
         if hit is not None:
             return hit  # type: ignore[return-value]
-        answer = await self._pckcert(qe_id, pce_id, cpu_svn, pce_svn, enc_ppid)
+        answer = await self._once(memo_key, lambda: self._pckcert(qe_id, pce_id, cpu_svn, pce_svn, enc_ppid))
         self._memo_put(memo_key, answer)
         return answer
+
+    async def _once(self, key: object, make) -> object:  # noqa: ANN001 - a coroutine factory
+        """One `await make()` for every concurrent caller with the same key (a storm of nodes misses the
+        same few answers at the same instant: one database read, not a thousand)."""
+        fut = self._reads.get(key)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        fut = asyncio.get_running_loop().create_future()
+        self._reads[key] = fut
+        try:
+            value = await make()
+            fut.set_result(value)
+            return value
+        except BaseException as e:
+            fut.set_exception(e)
+            fut.exception()
+            raise
+        finally:
+            del self._reads[key]
 
     async def _pckcert(self, qe_id: str, pce_id: str, cpu_svn: str, pce_svn: str, enc_ppid: str | None) -> dict:
         platform = await asyncio.to_thread(self.platforms.get, qe_id, pce_id)

@@ -88,8 +88,10 @@ def test_qcnl_pckcert_returns_the_platforms_certificate(make_env, db_url) -> Non
     assert http(env.url + "/sgx/certification/v4/pckcert?" + qcnl_query(p, cpusvn=up))[0] == 200
     assert http(env.url + "/sgx/certification/v4/pckcert?" + qcnl_query(p, pcesvn=1))[0] == 404
     # pckcerts, which Intel's PCCS lacks
-    status, headers, body = http(env.url + "/sgx/certification/v4/pckcerts?encrypted_ppid="
-                                 + encrypted_ppid(bytes.fromhex(p.config["ppid"])).hex().upper() + "&pceid=0000")
+    url = (env.url + "/sgx/certification/v4/pckcerts?encrypted_ppid="
+           + encrypted_ppid(bytes.fromhex(p.config["ppid"])).hex().upper() + "&pceid=0000")
+    assert http(url)[0] == 401  # every PPID of the platform: the user token, as PCS asks an API key
+    status, headers, body = http(url, headers={"user-token": USER_TOKEN})
     assert status == 200 and len(json.loads(body)) == 1 and headers["SGX-FMSPC"] == "00906ED50000"
 
 

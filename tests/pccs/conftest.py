@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -166,6 +167,16 @@ def make_env(tmp_path: Path) -> Iterator[Callable[..., Env]]:
     yield make
     for s in reversed(servers):
         s.stop()
+
+
+def hold_sqlite_lock(db: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding an exclusive lock on the SQLite file for `seconds` (returns once it holds it)."""
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+        "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(float(sys.argv[2])); "
+        "c.execute('ROLLBACK')"), str(db), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+    return holder
 
 
 def wait_until(cond: Callable[[], bool], seconds: float = 10) -> bool:

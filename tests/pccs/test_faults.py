@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-import sys
 import threading
 import time
 
@@ -16,7 +14,7 @@ import pytest
 
 from quotehelper.pccs.app import make_app
 from quotehelper.pccs.serve import build
-from tests.pccs.conftest import ADMIN_TOKEN, fresh_pg_database
+from tests.pccs.conftest import ADMIN_TOKEN, fresh_pg_database, hold_sqlite_lock
 from tests.pccs.test_pccs import http
 from tests.pcs.conftest import Faults, ServerThread, fault_proxy
 from tests.pcs.test_client import _bad_signature, _other_fmspc
@@ -110,12 +108,8 @@ def test_sqlite_locked_by_another_process(make_env, tmp_path) -> None:
     db = tmp_path / "pckcache.db"
     env = make_env(f"sqlite:///{db}")
     assert http(env.url + TCB)[0] == 200  # stored
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
-        "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(3); c.execute('ROLLBACK')"),
-        str(db)], stdout=subprocess.PIPE, text=True)
+    holder = hold_sqlite_lock(db, 3)
     try:
-        assert holder.stdout.readline().strip() == "locked"
         assert http(env.url + TCB)[0] == 200  # readers are not blocked (WAL)
         status, _, body = http(env.url + "/sgx/certification/v4/qe/identity")  # a write waits for the lock
         assert status == 200 and body.startswith(b'{"enclaveIdentity":')

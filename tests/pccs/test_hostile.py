@@ -5,8 +5,6 @@ upstream data refused, clear configuration errors."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 import urllib.parse
 
@@ -15,7 +13,7 @@ import pytest
 from quotehelper.pccs.config import PccsConfigError, PccsOptions
 from quotehelper.platform.sim import SimPlatform
 from quotehelper.platform.sim.tcbeval import encrypted_ppid
-from tests.pccs.conftest import ADMIN_TOKEN, USER_TOKEN
+from tests.pccs.conftest import ADMIN_TOKEN, USER_TOKEN, hold_sqlite_lock
 from tests.pccs.test_pccs import http, qcnl_query
 from tests.pcs.conftest import Faults, ServerThread, fault_proxy
 
@@ -48,12 +46,8 @@ def test_a_locked_sqlite_file_does_not_freeze_cached_answers(make_env, tmp_path)
     db = tmp_path / "pckcache.db"
     env = make_env(f"sqlite:///{db}")
     assert http(env.url + "/sgx/certification/v4/qe/identity")[0] == 200
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sqlite3, sys, time; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
-        "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); time.sleep(4); c.execute('ROLLBACK')"),
-        str(db)], stdout=subprocess.PIPE, text=True)
+    holder = hold_sqlite_lock(db, 4)
     try:
-        assert holder.stdout.readline().strip() == "locked"
         writer = threading.Thread(target=http, args=(env.url + TCB,))  # a miss: its write waits for the lock
         writer.start()
         time.sleep(0.5)

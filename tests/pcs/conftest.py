@@ -171,5 +171,14 @@ def fault_proxy(upstream: str, faults: Faults) -> web.Application:
     return app
 
 
+@pytest.fixture
+def proxied(sim_env: SimEnv) -> Iterator[tuple[SimEnv, ServerThread, Faults]]:
+    """The simulated PCS behind a fault-injecting proxy: (env, proxy, faults)."""
+    faults = Faults()
+    proxy = ServerThread(fault_proxy(sim_env.url, faults))
+    yield sim_env, proxy, faults
+    proxy.stop()
+
+
 def enc(pem: bytes | str) -> str:
     return urllib.parse.quote(pem if isinstance(pem, str) else pem.decode(), safe="")

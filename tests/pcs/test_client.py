@@ -19,14 +19,6 @@ from quotehelper.platform.sim.tcbeval import recover
 from tests.pcs.conftest import Faults, ServerThread, fault_proxy
 
 
-@pytest.fixture
-def proxied(sim_env):
-    faults = Faults()
-    proxy = ServerThread(fault_proxy(sim_env.url, faults))
-    yield sim_env, proxy, faults
-    proxy.stop()
-
-
 def client(env, url: str, cache=None, **options) -> CollateralClient:
     return CollateralClient(PcsOptions(base_url=url, **options), cache=cache, verifier=env.verifier())
 

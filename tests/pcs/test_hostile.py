@@ -20,14 +20,6 @@ from tests.pcs.conftest import Faults, ServerThread, counting, fault_proxy
 from tests.pcs.test_client import client
 
 
-@pytest.fixture
-def proxied(sim_env):
-    faults = Faults()
-    proxy = ServerThread(fault_proxy(sim_env.url, faults))
-    yield sim_env, proxy, faults
-    proxy.stop()
-
-
 def test_a_body_arriving_in_pieces_is_read_whole(proxied) -> None:
     env, proxy, faults = proxied
     faults.mode, faults.route = "split", "/tcb"

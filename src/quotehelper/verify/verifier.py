@@ -130,6 +130,8 @@ class Verifier:
         self.roots = self.options.trusted_roots or (TrustAnchor.intel(),)
         self._collateral_cache: _Lru[tuple[bytes, str, bool], VerifiedCollateral] = _Lru(cache_size)
         self._pck_cache: _Lru[tuple[bytes, bytes, str], VerifiedPck] = _Lru(cache_size * 64)
+        self._qe_verified: set[tuple[bytes, bytes, bytes]] = set()  # (PCK chain hash, QE report, its signature)
+        self._att_keys: dict[bytes, ec.EllipticCurvePublicKey] = {}  # attestation keys by their 64 raw bytes
 
     def verify(self, quote: QuoteLike, collateral: Collateral | None = None, *, now: TimeLike | None = None,
                policy: Policy | None = None) -> Verdict:
@@ -202,10 +204,24 @@ class Verifier:
         facts.update(fmspc=ext.fmspc.hex().upper(), pce_id=ext.pce_id.hex().upper(), ppid=ext.ppid.hex(),
                      ca_type=pck.ca_type)
         assert vc is not None
-        qc.check_qe_report_signature(q, pck.leaf_key)
+        # A platform's QE report (it binds the QE's attestation key) and its PCK signature are the same in
+        # every quote until the key changes: verified once per (PCK chain, report, signature), like chains.
+        qe = q.signature.qe
+        qe_memo = (chain_key, qe.qe_report.to_bytes(), qe.qe_report_signature)
+        if qe_memo not in self._qe_verified:
+            qc.check_qe_report_signature(q, pck.leaf_key)
+            if len(self._qe_verified) > 4096:
+                self._qe_verified.clear()
+            self._qe_verified.add(qe_memo)
         qc.check_qe_binding(q)
-        qe_level = vc.qe_identity.match(q.signature.qe.qe_report)
-        qc.check_isv_signature(q, qc.attestation_key(q))
+        qe_level = vc.qe_identity.match(qe.qe_report)
+        att = self._att_keys.get(q.signature.attest_pub_key)
+        if att is None:
+            att = qc.attestation_key(q)
+            if len(self._att_keys) > 4096:
+                self._att_keys.clear()
+            self._att_keys[q.signature.attest_pub_key] = att
+        qc.check_isv_signature(q, att)
         level = vc.tcb_info.match(ext)
         status = converge(level.status, qe_level.status)
         if status == "Revoked":

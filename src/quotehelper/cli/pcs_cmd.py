@@ -90,7 +90,7 @@ def collateral_group() -> None:
 @common.logging_options()
 def collateral_fetch(quote: Path, root_ca: Path | None, out_dir: Path, as_json: bool, **service: Any) -> None:
     """Fetch, verify and write the collateral QUOTE needs (PCK CRL, TCB info, QE identity, root CA CRL)."""
-    from quotehelper.cli.inspect_cmd import _read_quote_file
+    from quotehelper.cli.common import read_binary_or_hex as _read_quote_file
     from quotehelper.pcs import PcsError
     from quotehelper.pcs.write import write_collateral_dir
     from quotehelper.verify import TrustAnchor, VerificationError, Verifier, VerifyOptions

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from quotehelper.cli.inspect_cmd import _read_quote_file
+from quotehelper.cli.common import read_binary_or_hex as _read_quote_file
 from quotehelper.cli.verify_cmd import EXIT_INPUT, EXIT_INVALID, EXIT_OK, EXIT_POLICY
 from quotehelper.verify import (
     Collateral,

@@ -16,7 +16,7 @@ import click
 
 from quotehelper import inputs
 from quotehelper.cli import common, main
-from quotehelper.cli.inspect_cmd import _read_quote_file
+from quotehelper.cli.common import read_binary_or_hex as _read_quote_file
 from quotehelper.cli.pcs_cmd import collateral_service_options
 from quotehelper.verify import (
     Policy,

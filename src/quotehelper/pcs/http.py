@@ -16,11 +16,12 @@ import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
-
-import aiohttp
+from typing import TYPE_CHECKING, Protocol
 
 from quotehelper.pcs.errors import PcsCode, PcsError
+
+if TYPE_CHECKING:
+    import aiohttp  # imported when a request is made: ~0.3 s (it loads the CA store), not needed otherwise
 
 MAX_BODY = 16 * 1024 * 1024  # the largest real collateral (platform CA CRL) is a few kB; pckcerts tens of kB
 _RETRY_STATUSES = (429, 503)
@@ -74,6 +75,8 @@ class AiohttpGetter:
         self._session: aiohttp.ClientSession | None = None
 
     async def get(self, url: str, headers: Mapping[str, str], timeout_s: float) -> Response:
+        import aiohttp
+
         if self._session is None:
             self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl, limit=16))
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -187,6 +188,13 @@ def quote_cmd(platform_dir: Path | None, socket_path: str | None, report_data: b
     common.write_output(output, quote, f"byte quote ({provider.mode})")
 
 
+_PROGRESS = {"err": False}  # `demo --json`: progress lines go to stderr, stdout carries only the JSON
+
+
+def _say(message: str) -> None:
+    click.echo(message, err=_PROGRESS["err"])
+
+
 DEMO_ENCLAVES = ("payments", "key-broker", "ml-inference", "ledger", "identity", "analytics")
 
 
@@ -273,7 +281,7 @@ class _DemoPcs:
         t0 = time.perf_counter()
         fetched = self.client.fetch(plat.quote(b"collateral warm-up"))
         self.cold_ms = (time.perf_counter() - t0) * 1000
-        click.echo(f"simulated Intel PCS at {self.url}: collateral for FMSPC {fetched.fmspc} fetched, verified "
+        _say(f"simulated Intel PCS at {self.url}: collateral for FMSPC {fetched.fmspc} fetched, verified "
                    f"and cached in {self.cold_ms:.1f} ms")
 
     def stop(self) -> None:
@@ -286,13 +294,13 @@ def _demo_update(update: str, svc: ServiceProcess, start: Callable[[], ServicePr
                  codes: list[int]) -> ServiceProcess:
     """Replaces the service as `update` says; returns the one serving afterwards."""
     if update == "take-over":
-        click.echo("rolling update while the enclaves keep asking: a new service takes the socket over ...")
+        _say("rolling update while the enclaves keep asking: a new service takes the socket over ...")
         old, svc = svc, start()
-        click.echo(f"... then SIGTERM to the old pid {old.pid} (it answers what it had accepted, leaves the "
+        _say(f"... then SIGTERM to the old pid {old.pid} (it answers what it had accepted, leaves the "
                    "new socket alone)")
         codes.append(old.stop())
     elif update == "restart":
-        click.echo(f"restart while the enclaves keep asking: SIGTERM to pid {svc.pid} (drains, removes its "
+        _say(f"restart while the enclaves keep asking: SIGTERM to pid {svc.pid} (drains, removes its "
                    "socket), then a new service")
         codes.append(svc.stop())
         svc = start()
@@ -355,14 +363,16 @@ def _two_columns(rows: Iterable[tuple[str, str]], width: int) -> str:
               help="How the service is replaced halfway: take-over (the DaemonSet's way: the new service takes "
                    "the socket over, then the old one gets SIGTERM; no gap), restart (SIGTERM, then a new "
                    "service: the clients ride through the gap with retries), or none.")
+@common.json_option
 @common.logging_options()
-def demo_cmd(enclaves: int, rounds: int, tcb_status: str, update: str) -> None:
+def demo_cmd(enclaves: int, rounds: int, tcb_status: str, update: str, as_json: bool) -> None:
     """N simulated app enclaves quote concurrently through the client library while the quote service is
     replaced (as a DaemonSet rolling update does); every quote is verified. A fresh software platform on a
-    temporary socket: no SGX hardware, no network."""
+    temporary socket: no SGX hardware, no network. --json: the per-enclave results as JSON on stdout."""
+    _PROGRESS["err"] = as_json
     names = DEMO_ENCLAVES[:enclaves]
     before, after = rounds // 2, rounds - rounds // 2
-    click.echo(textwrap.fill(
+    _say(textwrap.fill(
         f"quotehelper demo: {len(names)} simulated app enclaves get quotes concurrently through the client library "
         f"(as libsgx-quote-ex does, over the AESM socket) {DEMO_UPDATES[update]}. Each makes "
         + (f"{before} quotes, then keeps quoting for as long as the update takes, then makes {after} more"
@@ -371,7 +381,7 @@ def demo_cmd(enclaves: int, rounds: int, tcb_status: str, update: str) -> None:
         "dcap-qvl. Software SGX platform: no SGX hardware, nothing from the network.",
         width=108, break_on_hyphens=False) + "\n")
     with tempfile.TemporaryDirectory(prefix="qh-demo-") as tmp:
-        click.echo(f"creating a software SGX platform (TCB {tcb_status}) and its test PKI in {tmp} ...")
+        _say(f"creating a software SGX platform (TCB {tcb_status}) and its test PKI in {tmp} ...")
         try:
             plat = SimPlatform.create(Path(tmp) / "platform", tcb_status=tcb_status)
         except QuoteHelperError as e:
@@ -392,11 +402,11 @@ def demo_cmd(enclaves: int, rounds: int, tcb_status: str, update: str) -> None:
                     svc.start()
                 except QuoteHelperError as e:
                     raise click.ClickException(f"the service did not start: {e}\n{log_path.read_text()}") from e
-                click.echo(f"quote service pid {svc.pid} answering on {sock} (ready in {time.perf_counter() - t0:.2f}s)")
+                _say(f"quote service pid {svc.pid} answering on {sock} (ready in {time.perf_counter() - t0:.2f}s)")
                 return svc
 
             svc = start()
-            click.echo(f"{len(names)} enclaves quoting: {', '.join(names)}")
+            _say(f"{len(names)} enclaves quoting: {', '.join(names)}")
             codes = []
             try:
                 with concurrent.futures.ThreadPoolExecutor(len(names)) as ex:
@@ -427,6 +437,11 @@ def demo_cmd(enclaves: int, rounds: int, tcb_status: str, update: str) -> None:
         collateral_line = (f"Collateral (PCK CRL, TCB info, QE identity, root CA CRL) came over HTTP from the "
                            f"simulated Intel PCS at {pcs.url}: the cold fetch (verified, then cached) took "
                            f"{pcs.cold_ms:.1f} ms; from the cache it took {cached:.2f} ms per quote (median).")
+        if as_json:
+            click.echo(json.dumps({"update": update, "update_seconds": took, "enclaves": rows,
+                                   "collateral": {"pcs_url": pcs.url, "cold_ms": pcs.cold_ms,
+                                                  "cached_ms_median": cached}}, indent=1))
+            return
         _demo_report(rows, update, before, after, took, collateral_line)
 
 

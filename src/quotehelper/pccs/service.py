@@ -106,7 +106,6 @@ class Pccs:
         self.clock = clock
         self.metrics = metrics or PccsMetrics(self.collateral)
         self._getter = getter
-        self._inflight: dict[str, asyncio.Future] = {}
         # Answers read from the store, kept MEMO_S seconds: a storm of nodes asks for the same few items.
         # This replica's own writes replace them at once; another replica's show within MEMO_S.
         self._memo: dict[object, tuple[float, object]] = {}
@@ -177,21 +176,7 @@ class Pccs:
 
     async def _coalesced(self, spec: Spec) -> Row:
         """One upstream fetch per item however many requests miss it at once."""
-        fut = self._inflight.get(spec.key)
-        if fut is not None:
-            return await asyncio.shield(fut)
-        fut = asyncio.get_running_loop().create_future()
-        self._inflight[spec.key] = fut
-        try:
-            row = await self._fetch_and_store(spec)
-            fut.set_result(row)
-            return row
-        except BaseException as e:
-            fut.set_exception(e)
-            fut.exception()  # retrieved: no "never retrieved" warning when nobody else waited
-            raise
-        finally:
-            del self._inflight[spec.key]
+        return await self._once(("fetch", spec.key), lambda: self._fetch_and_store(spec))  # type: ignore[return-value]
 
     async def _root_crl(self) -> bytes:
         return (await self.item(Spec("rootcacrl"), fetch=True)).body
@@ -285,7 +270,7 @@ class Pccs:
 
     async def _once(self, key: object, make) -> object:  # noqa: ANN001 - a coroutine factory
         """One `await make()` for every concurrent caller with the same key (a storm of nodes misses the
-        same few answers at the same instant: one database read, not a thousand)."""
+        same few answers at the same instant: one database read or upstream fetch, not a thousand)."""
         fut = self._reads.get(key)
         if fut is not None:
             return await asyncio.shield(fut)

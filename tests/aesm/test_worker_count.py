@@ -34,7 +34,7 @@ def test_usable_cpus_follows_affinity_and_quota(tmp_path: Path, files: dict[str,
 
 def test_default_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(96)))  # a large node, no CPU limit
-    monkeypatch.setattr("quotehelper.aesm.workers._cpu_quota", lambda root: None)
+    monkeypatch.setattr("quotehelper.cpus._cpu_quota", lambda root: None)
     assert default_workers() == MAX_DEFAULT_WORKERS
-    monkeypatch.setattr("quotehelper.aesm.workers._cpu_quota", lambda root: 2.0)  # a 2-CPU limit on that node
+    monkeypatch.setattr("quotehelper.cpus._cpu_quota", lambda root: 2.0)  # a 2-CPU limit on that node
     assert default_workers() == 2

@@ -220,3 +220,26 @@ def test_inspect_rejects_garbage(tmp_path):
     p.write_bytes(b"\x03\x00\x02\x00" + bytes(100))
     res = CliRunner().invoke(main, ["inspect", str(p)])
     assert res.exit_code != 0 and "not a valid quote" in res.output
+
+
+def test_parsed_quote_signs_its_received_bytes_and_an_edit_re_encodes(sgx_quote):
+    from dataclasses import replace
+
+    q = parse_quote(sgx_quote)
+    assert q.signed_bytes() == sgx_quote[:48 + 384]
+    assert q.signature.qe.qe_report_bytes() == q.signature.qe.qe_report.to_bytes()
+    edited = replace(q, body=replace(q.report_body, report_data=b"\x01" * 64))
+    assert edited.signed_bytes()[48 + 320:48 + 384] == b"\x01" * 64  # not the received bytes
+    assert edited.to_bytes() != sgx_quote
+    qe = replace(q.signature.qe, qe_report=replace(q.signature.qe.qe_report, isv_svn=99))
+    assert qe.qe_report_bytes() == qe.qe_report.to_bytes() != q.signature.qe.qe_report_bytes()
+
+
+def test_shared_qe_part_is_parsed_once_and_damage_still_named(sgx_quote):
+    a, b = parse_quote(sgx_quote), parse_quote(sgx_quote[:64] + b"\xff" + sgx_quote[65:])
+    assert a.signature.qe is b.signature.qe  # the same platform's QE part: one parse
+    bad = bytearray(sgx_quote)
+    struct.pack_into("<H", bad, 1012, 60000)  # after a good parse of the same part
+    with pytest.raises(FormatError) as e:
+        parse_quote(bytes(bad))
+    assert (e.value.field, e.value.offset) == ("qe_auth_data_size", 1012)

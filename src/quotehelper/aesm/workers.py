@@ -23,17 +23,15 @@ import contextlib
 import importlib
 import json
 import logging
-import math
-import os
 import signal
 import socket
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from quotehelper.aesm.options import ServeOptions
+from quotehelper.cpus import usable_cpus
 from quotehelper.errors import QuoteHelperError
 
 if TYPE_CHECKING:  # the supervisor stays light: protocol and engine modules load in the workers only
@@ -73,30 +71,6 @@ ServeConfig = ServeOptions  # the former name (STYLE.md §2.1)
 # attestation), each worker is a ~40 MB process, and with the DCAP engine each one loads its own QE3 and
 # PCE into EPC, the memory a node-wide service exists to save. `--workers` goes higher when asked.
 MAX_DEFAULT_WORKERS = 4
-
-
-def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
-    """CPUs this process may run on: its affinity mask, bounded by a cgroup CPU quota (a container's CPU
-    limit; cgroup v2 `cpu.max`, or v1 `cpu/cpu.cfs_quota_us` + `cpu.cfs_period_us`). os.cpu_count() is
-    the node's count, which in a pod is not what the service gets."""
-    n = len(os.sched_getaffinity(0))
-    quota = _cpu_quota(cgroup_root)
-    return max(1, min(n, math.ceil(quota))) if quota is not None else max(1, n)
-
-
-def _cpu_quota(root: Path) -> float | None:
-    """The CPU quota in CPUs, or None when unlimited or unreadable."""
-    try:
-        q, p = (root / "cpu.max").read_text().split()[:2]
-        return None if q == "max" else int(q) / int(p)
-    except (OSError, ValueError):
-        pass
-    try:
-        q1 = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        p1 = int((root / "cpu" / "cpu.cfs_period_us").read_text())
-        return q1 / p1 if q1 > 0 and p1 > 0 else None
-    except (OSError, ValueError):
-        return None
 
 
 def default_workers() -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -77,7 +78,7 @@ class _Plan:
     not_quotes: int = 0
 
 
-def _chunks(files: list[Path], collateral: Collateral | None, client: Any, plan: _Plan
+def _chunks(files: list[Path], owns: set[str], collateral: Collateral | None, client: Any, plan: _Plan
             ) -> Iterator[tuple[dict[Any, Collateral], list[tuple[int, str, Any, bytes | None]]]]:
     """Reads the quotes and yields them in chunks with the collateral each needs: NAME.collateral.json
     beside it, else --collateral, else fetched once per (TEE, FMSPC, CA). A generator, so the workers
@@ -89,10 +90,10 @@ def _chunks(files: list[Path], collateral: Collateral | None, client: Any, plan:
     failed: dict[Any, PcsError] = {}
     items: list[tuple[int, str, Any, bytes | None]] = []
     for i, path in enumerate(files):
-        own = path.with_name(path.name + ".collateral.json")
         quote: bytes | None = None
         try:
-            if own.is_file():
+            if path.name + ".collateral.json" in owns:
+                own = path.with_name(path.name + ".collateral.json")
                 key: Any = str(own)
                 colls.setdefault(key, load_collateral(own))
             elif collateral is not None:
@@ -139,16 +140,29 @@ def _chunks(files: list[Path], collateral: Collateral | None, client: Any, plan:
         yield {k: colls[k] for k in {it[2] for it in items}}, items
 
 
+def _quote_files(directory: Path) -> list[Path]:
+    """The files to verify, by name; one directory read (scandir's entry types, no stat per file and no
+    Path comparisons: a 3,000-file listing is then ~5 ms, not ~60)."""
+    with os.scandir(directory) as it:
+        names = sorted(e.name for e in it if e.is_file() and os.path.splitext(e.name)[1].lower() not in SKIP_SUFFIXES)
+    return [directory / n for n in names]
+
+
+def _own_collaterals(directory: Path) -> set[str]:
+    """Names of the NAME.collateral.json files (a quote's own collateral), read once for the folder."""
+    with os.scandir(directory) as it:
+        return {e.name for e in it if e.name.endswith(".collateral.json") and e.is_file()}
+
+
 def run_batch(directory: Path, out: Any, settings: BatchSettings, *, collateral: Collateral | None,
               client: Any, jobs: int) -> int:
-    files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() not in SKIP_SUFFIXES
-                   and not p.name.endswith(".collateral.json"))
+    files = _quote_files(directory)
     plan = _Plan()
     counts = {"accepted": 0, "rejected": 0, "invalid": 0, "not quotes": 0}
     codes: list[int] = []
 
     def results() -> Iterator[list[tuple[int, str, str, int, bool]]]:
-        chunks = _chunks(files, collateral, client, plan)
+        chunks = _chunks(files, _own_collaterals(directory), collateral, client, plan)
         if jobs <= 1 or len(files) <= _CHUNK:
             _init_worker(settings)
             yield from map(_verify_chunk, chunks)

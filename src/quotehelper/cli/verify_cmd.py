@@ -114,8 +114,8 @@ def verify_cmd(quote: Path | None, collateral_path: Path | None, root_ca: Path |
     verifier = Verifier(VerifyOptions(trusted_roots=roots, now=now, policy=policy))
     client = None if collateral is not None else make_client(url, verifier, **service)
     if batch is not None:
-        from quotehelper.aesm.workers import usable_cpus
         from quotehelper.cli.verify_batch import BatchSettings, run_batch
+        from quotehelper.cpus import usable_cpus
 
         settings = BatchSettings(tuple(r.der for r in roots), now, policy)
         kw = {"collateral": collateral, "client": client, "jobs": jobs or usable_cpus()}

@@ -41,6 +41,9 @@ INTEL_QE_AUTH_DATA = bytes(range(32))
 _PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n.+?-----END CERTIFICATE-----\r?\n?", re.S)
 
 
+_HEADER = struct.Struct("<HHIHH16s20s")  # 48 bytes
+
+
 @dataclass(frozen=True)
 class QuoteHeader:
     """48-byte quote header. For v3 bytes 4..11 are att_key_data_0, qe_svn, pce_svn; v4+ has tee_type."""
@@ -57,21 +60,18 @@ class QuoteHeader:
 
     @classmethod
     def parse(cls, data: bytes) -> QuoteHeader:
-        r = Reader(data, "quote.header")
-        version = r.u16("version")
+        if len(data) < HEADER_SIZE:
+            raise FormatError("quote.header", "<whole>", 0, f"needs {HEADER_SIZE} bytes, only {len(data)} left")
+        version, att_key_type, tee_type, qe_svn, pce_svn, vendor, user_data = _HEADER.unpack_from(data)
         if version not in (3, 4, 5):
             raise FormatError("quote.header", "version", 0, f"unsupported quote version {version}")
-        att_key_type = r.u16("att_key_type")
         if att_key_type not in (ATT_KEY_TYPE_ECDSA_P256, ATT_KEY_TYPE_ECDSA_P384):
             raise FormatError("quote.header", "att_key_type", 2, f"unknown attestation key type {att_key_type}")
-        tee_type = r.u32("tee_type")
         if tee_type not in (TEE_TYPE_SGX, TEE_TYPE_TDX):
             raise FormatError("quote.header", "tee_type", 4, f"unknown TEE type {tee_type:#x}")
         if version == 3 and tee_type != TEE_TYPE_SGX:
             raise FormatError("quote.header", "tee_type", 4, "v3 quotes are SGX only (must be 0)")
-        qe_svn, pce_svn = r.u16("qe_svn"), r.u16("pce_svn")
-        return cls(version, att_key_type, tee_type, qe_svn, pce_svn, r.take(16, "qe_vendor_id"),
-                   r.take(20, "user_data"))
+        return cls(version, att_key_type, tee_type, qe_svn, pce_svn, vendor, user_data)
 
     def to_bytes(self) -> bytes:
         return (struct.pack("<HHIHH", self.version, self.att_key_type, self.tee_type, self.qe_svn, self.pce_svn)
@@ -218,9 +218,13 @@ class QeReportCertData:
     qe_report_signature: bytes
     qe_auth_data: bytes
     certification_data: CertificationData
+    # The bytes it was parsed from (empty when built in code; `replace` empties it): the QE report's
+    # signature is checked over them, and a platform's quotes share them (see parse_quote's memo)
+    raw: bytes = field(default=b"", init=False, compare=False, repr=False)
 
     @classmethod
     def read(cls, r: Reader) -> QeReportCertData:
+        start = r.pos
         qe_report = ReportBody.parse(r.take(REPORT_BODY_SIZE, "qe_report"))
         sig = r.take(64, "qe_report_signature")
         auth_off = r.pos
@@ -229,7 +233,13 @@ class QeReportCertData:
             raise FormatError(r.structure, "qe_auth_data_size", auth_off,
                               f"declares {auth_len} bytes, only {r.remaining()} follow")
         auth = r.take(auth_len, "qe_auth_data")
-        return cls(qe_report, sig, auth, CertificationData.read(r))
+        out = cls(qe_report, sig, auth, CertificationData.read(r))
+        object.__setattr__(out, "raw", r.data[start:r.pos])
+        return out
+
+    def qe_report_bytes(self) -> bytes:
+        """The 384 bytes the PCK signature covers: as received when parsed, else encoded."""
+        return self.raw[:REPORT_BODY_SIZE] if self.raw else self.qe_report.to_bytes()
 
     @classmethod
     def parse(cls, data: bytes, base_structure: str = "qe_report_certification_data",
@@ -272,6 +282,9 @@ class Quote:
     signature: EcdsaSignatureData
     body_type: int = BODY_SGX
     _trailing: bytes = field(default=b"", repr=False)
+    # Header (+ v5 body descriptor) + body exactly as received; empty when built in code or changed
+    # with `replace` (an init=False field is not copied), so an edited quote re-encodes its fields
+    _signed: bytes = field(default=b"", init=False, compare=False, repr=False)
 
     @property
     def version(self) -> int:
@@ -293,6 +306,8 @@ class Quote:
 
     def signed_bytes(self) -> bytes:
         """The region the ISV signature covers: header (+ v5 body descriptor) + body."""
+        if self._signed:
+            return self._signed
         body = self.body.to_bytes()
         if self.version == 5:
             return self.header.to_bytes() + struct.pack("<HI", self.body_type, len(body)) + body
@@ -348,21 +363,34 @@ def parse_quote(data: bytes, allow_trailing: bool = False) -> Quote:
     sr = Reader(data, "quote.signature_data", r.pos, end)
     isv_sig = sr.take(64, "isv_signature")
     att_key = sr.take(64, "attest_pub_key")
-    if header.version == 3:
-        qe = QeReportCertData.read(sr)
-    else:
-        cert_off = sr.pos
-        outer = CertificationData.read(sr)
-        if outer.type != CERT_QE_REPORT:
-            raise FormatError("quote.signature_data", "certification_data_type", cert_off,
-                              f"v{header.version} quotes need type 6, found {outer.type}")
-        qe = QeReportCertData.parse(outer.data)
-    if sr.remaining():
-        raise sr.error("<end>", f"signature_data_len leaves {sr.remaining()} unparsed bytes")
+    # The QE part (QE report, its signature, auth data, PCK chain: ~4 KB) is the same in every quote of a
+    # platform until its attestation key changes: parsed once, then found by its bytes
+    tail = (header.version == 3, data[sr.pos:end])  # v3 holds the QE part bare, v4/v5 inside type 6
+    qe = _QE_PARTS.get(tail)
+    if qe is None:
+        if header.version == 3:
+            qe = QeReportCertData.read(sr)
+        else:
+            cert_off = sr.pos
+            outer = CertificationData.read(sr)
+            if outer.type != CERT_QE_REPORT:
+                raise FormatError("quote.signature_data", "certification_data_type", cert_off,
+                                  f"v{header.version} quotes need type 6, found {outer.type}")
+            qe = QeReportCertData.parse(outer.data)
+        if sr.remaining():
+            raise sr.error("<end>", f"signature_data_len leaves {sr.remaining()} unparsed bytes")
+        if len(_QE_PARTS) >= 256:
+            _QE_PARTS.clear()
+        _QE_PARTS[tail] = qe
     trailing = data[end:]
     if trailing and not allow_trailing:
         raise FormatError("quote", "<end>", end, f"{len(trailing)} bytes after the signature data")
-    return Quote(header, body, EcdsaSignatureData(isv_sig, att_key, qe), body_type, trailing)
+    q = Quote(header, body, EcdsaSignatureData(isv_sig, att_key, qe), body_type, trailing)
+    object.__setattr__(q, "_signed", data[:len_off])
+    return q
+
+
+_QE_PARTS: dict[tuple[bool, bytes], QeReportCertData] = {}  # successful parses only; immutable values
 
 
 def quote_length(data: bytes) -> int:

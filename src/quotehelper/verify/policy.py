@@ -23,8 +23,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import yaml
-
 from quotehelper.inputs import PathLike, as_path
 from quotehelper.verify.errors import ErrorCode, VerificationError
 from quotehelper.verify.tcb import TCB_STATUSES
@@ -122,6 +120,8 @@ class Policy:
 
         `path` is a str or os.PathLike. Raises VerificationError(POLICY_MALFORMED), InputTypeError for a
         path of another type."""
+        import yaml  # ~25 ms; only a policy file needs it
+
         path = as_path(path, "policy path")
         try:
             text = path.read_text(encoding="utf-8")

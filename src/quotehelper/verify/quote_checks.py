@@ -143,7 +143,7 @@ def attestation_key(q: Quote) -> ec.EllipticCurvePublicKey:
 
 def check_qe_report_signature(q: Quote, pck_key: ec.EllipticCurvePublicKey) -> None:
     qe = q.signature.qe
-    if not raw_signature_valid(pck_key, qe.qe_report_signature, qe.qe_report.to_bytes()):
+    if not raw_signature_valid(pck_key, qe.qe_report_signature, qe.qe_report_bytes()):
         raise VerificationError(ErrorCode.QE_REPORT_SIGNATURE_INVALID, "QE report signature does not verify with the "
                                 "PCK certificate's key", {"field": "signature_data.qe_report_signature"})
 

@@ -207,7 +207,7 @@ class Verifier:
         # A platform's QE report (it binds the QE's attestation key) and its PCK signature are the same in
         # every quote until the key changes: verified once per (PCK chain, report, signature), like chains.
         qe = q.signature.qe
-        qe_memo = (chain_key, qe.qe_report.to_bytes(), qe.qe_report_signature)
+        qe_memo = (chain_key, qe.qe_report_bytes(), qe.qe_report_signature)
         if qe_memo not in self._qe_verified:
             qc.check_qe_report_signature(q, pck.leaf_key)
             if len(self._qe_verified) > 4096:

@@ -78,13 +78,19 @@ class _Plan:
     not_quotes: int = 0
 
 
+class _NothingFetched(Exception):
+    """Stands in for PcsError when every collateral comes from a file."""
+
+
 def _chunks(files: list[Path], owns: set[str], collateral: Collateral | None, client: Any, plan: _Plan
             ) -> Iterator[tuple[dict[Any, Collateral], list[tuple[int, str, Any, bytes | None]]]]:
     """Reads the quotes and yields them in chunks with the collateral each needs: NAME.collateral.json
     beside it, else --collateral, else fetched once per (TEE, FMSPC, CA). A generator, so the workers
     verify while the files are still being read."""
-    from quotehelper.pcs import PcsError
-    from quotehelper.pcs.needs import needs_for
+    PcsError: type[Exception] = _NothingFetched
+    if client is not None:  # quotehelper.pcs (~50 ms of imports) only when something is fetched
+        from quotehelper.pcs import PcsError
+        from quotehelper.pcs.needs import needs_for
 
     colls: dict[Any, Collateral] = {}
     failed: dict[Any, PcsError] = {}

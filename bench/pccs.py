@@ -64,7 +64,8 @@ from aiohttp import web
 body = b"x" * 2048
 async def h(req): return web.Response(body=body, content_type="application/json")
 app = web.Application(); app.router.add_get("/{tail:.*}", h)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=lambda *a: print("ready", flush=True), access_log=None)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=lambda *a: print("ready", flush=True), access_log=None,
+            backlog=2048)  # as pccs serve's listening socket
 """
 
 
@@ -155,6 +156,9 @@ def main() -> None:
         for name, r in results.items():
             print(f"{name:<16} {r['n'] / r['s']:>8.0f} {r['p50'] * 1000:>8.1f} {r['p99'] * 1000:>8.1f} "
                   f"{r['errors']:>7} {r.get('rss', 0):>7.0f}")
+        floor = {name: args.clients / (r["n"] / r["s"]) * 1000 for name, r in results.items()}
+        print(f"(closed loop: {args.clients} clients each waiting for its answer, so the mean latency is about "
+              f"clients / (req/s) whatever the server does: {', '.join(f'{k} {v:.0f} ms' for k, v in floor.items())})")
         for name, _ in backends:
             ratio = (results[name]["n"] / results[name]["s"]) / (results["bare " + name]["n"] / results["bare " + name]["s"])
             print(f"{name}: {ratio:.2f} x the bare endpoint's requests/s (target >= 0.5)")

@@ -62,6 +62,12 @@ async def refresh_loop(pccs: Pccs) -> None:
             log.exception("refresh loop")  # keep serving; the next round tries again
 
 
+# A cluster's nodes reconnect together (a refresh storm, a PCCS restart): with aiohttp's default of 128 the
+# accept queue overflowed under 1,000 simultaneous connects and each dropped SYN cost its node a 1 s
+# retransmit. The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 2048
+
+
 async def start(options: PccsOptions, **kw) -> tuple[web.AppRunner, str, asyncio.Task]:  # noqa: ANN003
     pccs = build(options, **kw)
     app = make_app(pccs)
@@ -76,7 +82,7 @@ async def start(options: PccsOptions, **kw) -> tuple[web.AppRunner, str, asyncio
             await runner.cleanup()
             raise PccsConfigError(f"TLS: cannot load ssl_cert {options.ssl_cert} / ssl_key {options.ssl_key}: {e} "
                                   "(or set plain_http: true behind a mesh)") from e
-    site = web.TCPSite(runner, options.hosts, options.port, ssl_context=ctx)
+    site = web.TCPSite(runner, options.hosts, options.port, ssl_context=ctx, backlog=LISTEN_BACKLOG)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     task = asyncio.get_running_loop().create_task(refresh_loop(pccs))

@@ -182,3 +182,36 @@ def test_read_and_write_deadlines(tmp_path: Path) -> None:
         assert 0 < got < 4 + 900_000
 
     run(tmp_path, body, read_timeout=0.3, write_timeout=0.6)
+
+
+def test_a_tenant_behind_another_tenants_backlog_is_answered_among_the_first(tmp_path: Path) -> None:
+    """The kernel's backlog is one FIFO: 100 of a's connections queued before b's one. The server takes
+    them all into per-tenant queues and answers tenants in turn, so b's reply is among the first two."""
+    a, b = Tenant("a", "a"), Tenant("b", "b")
+    order: list[str] = []
+
+    def responder(payload: bytes, tenant: Tenant) -> bytes:
+        order.append(tenant.key)
+        return encode_frame(payload)
+
+    async def main() -> None:
+        path = str(tmp_path / "t.socket")
+        owner = ServiceSocket(path)
+        server = AesmServer(owner.sock, responder, ServeOptions(tenant_max_connections=200),
+                            tenants=Scripted(*[a] * 100, b))  # type: ignore[arg-type]
+        clients = []
+        for i in range(101):  # queued in the kernel before the server accepts anything
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            s.sendall(encode_frame(f"{i}".encode()))
+            clients.append(s)
+        await server.start()
+        for s in clients:
+            s.setblocking(False)
+            assert await read_all(s)
+        owner.unlink()
+        await server.stop()
+        owner.close()
+
+    asyncio.run(main())
+    assert len(order) == 101 and order.index("b") <= 1

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import _socket
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -124,11 +125,17 @@ class AesmServer:
         self._listen: socket.socket | None = None
         self._stopping: asyncio.Event | None = None
         self._sweeper: asyncio.TimerHandle | None = None
-        # Connections taken per readiness callback (then up to 32 engine calls run). Above the 32 calls
-        # drained per iteration, so a flood's connections move from the kernel's FIFO backlog, where
-        # they would be ahead of everyone, into its own queue; measured with bench/fairness.py under a
-        # 512-connection GetQuoteEx flood: polite p99 ~300 ms with 32, ~30 ms with 128.
-        self._accept_batch = 128
+        # The kernel's backlog is one FIFO for every tenant: behind a flood's hundreds of connections a
+        # polite request would wait for all of them. So a readiness callback takes up to `_accept_batch`
+        # connections out of it (accept + SO_PEERCRED, a few us each) into per-tenant queues, then
+        # answers at most `_serve_batch` of them, one tenant after the other (round robin), and lets the
+        # loop run (engine calls, replies, newly arrived connections) before the next ones.
+        self._accept_batch = 1024
+        self._serve_batch = 32
+        self._waiting: dict[Tenant, collections.deque[_socket.socket]] = {}  # accepted, not read yet
+        self._ring: collections.deque[Tenant] = collections.deque()  # tenants with waiting connections
+        self._nwaiting = 0
+        self._serving = False  # a _serve_waiting call is scheduled
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
     async def start(self) -> None:
@@ -173,20 +180,64 @@ class AesmServer:
                     self.loop.call_later(0.1, self._resume_accepting)
                 break
             taken += 1
-            if draining:
-                self.stats["backlog_drained"] += 1
             # family/type/proto given explicitly: no getsockname/getsockopt syscalls; the fd stays
             # blocking and every recv/send passes MSG_DONTWAIT (saves the fcntl).
-            self._new_connection(_socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd))
+            sock = _socket.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0, fd)
+            if draining:
+                self.stats["backlog_drained"] += 1
+                self._new_connection(sock)
+            else:
+                self._queue_connection(sock)
+        if not draining:
+            self._serve_waiting()
         return taken
 
+    def _queue_connection(self, sock: _socket.socket) -> None:
+        """An accepted connection waits in its tenant's queue (counted against the tenant's share and the
+        worker's cap like a held one)."""
+        tenant = self.tenants.identify(sock)
+        q = self._waiting.get(tenant)
+        if len(self.connections) + self._nwaiting >= self.max_connections and not self._make_room(tenant):
+            self._refuse(sock, tenant, "rejected")
+            return
+        if tenant.conns + (len(q) if q else 0) >= self.tenant_connections:
+            self._refuse(sock, tenant, "tenant_cap")
+            return
+        if q is None:
+            q = self._waiting[tenant] = collections.deque()
+        if not q:
+            self._ring.append(tenant)
+        q.append(sock)
+        self._nwaiting += 1
+
+    def _serve_waiting(self) -> None:
+        """Answers up to `_serve_batch` waiting connections, one per tenant in turn; schedules itself
+        again while some wait."""
+        self._serving = False
+        ring, waiting = self._ring, self._waiting
+        for _ in range(self._serve_batch):
+            if not ring:
+                break
+            tenant = ring.popleft()
+            q = waiting[tenant]
+            sock = q.popleft()
+            self._nwaiting -= 1
+            if q:
+                ring.append(tenant)
+            else:
+                del waiting[tenant]
+            self._new_connection(sock, tenant)
+        if ring and not self._serving:
+            self._serving = True
+            self.loop.call_soon(self._serve_waiting)
 
     def _resume_accepting(self) -> None:
         if self._listen is not None and not self._stopping.is_set():  # type: ignore[union-attr]
             self.loop.add_reader(self._listen.fileno(), self._accept_ready)
 
-    def _new_connection(self, sock: _socket.socket) -> Tenant:
-        tenant = self.tenants.identify(sock)
+    def _new_connection(self, sock: _socket.socket, tenant: Tenant | None = None) -> Tenant:
+        if tenant is None:
+            tenant = self.tenants.identify(sock)
         if len(self.connections) >= self.max_connections and not self._make_room(tenant):
             self._refuse(sock, tenant, "rejected")
             return tenant
@@ -239,10 +290,25 @@ class AesmServer:
 
     def _make_room(self, tenant: Tenant) -> bool:
         """The worker is full: the tenant holding the most connections, if it holds more than `tenant`
-        would, loses one that is not being answered (its queued engine call is cancelled)."""
-        big = max(self.tenants.all(), key=lambda t: t.conns)
-        if big.conns <= tenant.conns + 1:
+        would, loses one that is not being answered: a waiting one first, else one whose queued engine
+        call is cancelled."""
+        def held(t: Tenant) -> int:
+            q = self._waiting.get(t)
+            return t.conns + (len(q) if q else 0)
+
+        big = max(self.tenants.all(), key=held)
+        if held(big) <= held(tenant) + 1:
             return False
+        q = self._waiting.get(big)
+        if q:
+            q.pop().close()  # the newest: the others keep their place
+            self._nwaiting -= 1
+            if not q:
+                del self._waiting[big]
+                self._ring.remove(big)
+            self.stats["evicted"] += 1
+            big.dropped["evicted"] = big.dropped.get("evicted", 0) + 1
+            return True
         victim = next((c for c in self.connections.values() if c.tenant is big and not c.out), None)
         if victim is None:
             return False
@@ -427,6 +493,9 @@ class AesmServer:
         if self._listen is None:
             return
         self.loop.remove_reader(self._listen.fileno())
+        while self._ring:  # accepted ones first: they were there before the backlog's
+            self._serve_waiting()
+            await asyncio.sleep(0)
         # Connections the kernel already queued for us would be reset when the listener closes; with the
         # path unlinked by the owner no new ones can arrive, so take them in and answer them.
         while self._accept_some(1024, draining=True):

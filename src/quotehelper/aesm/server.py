@@ -61,6 +61,7 @@ def echo_responder(payload: bytes, tenant: Tenant | None = None) -> Reply:
 # --- connections ---------------------------------------------------------------------------------------
 
 _MSG_DONTWAIT = socket.MSG_DONTWAIT
+_INLINE = 128  # accepted connections of a single tenant answered in the accepting callback itself
 _RECV_SIZE = 65536
 
 
@@ -165,6 +166,7 @@ class AesmServer:
         lsock = self._listen
         assert lsock is not None
         taken = 0
+        batch: list[tuple[_socket.socket, Tenant]] = []
         while taken < limit:
             try:
                 fd, _ = lsock._accept()  # type: ignore[attr-defined]  # fd only: no Python socket wrapper yet
@@ -187,15 +189,21 @@ class AesmServer:
                 self.stats["backlog_drained"] += 1
                 self._new_connection(sock)
             else:
-                self._queue_connection(sock)
-        if not draining:
-            self._serve_waiting()
+                batch.append((sock, self.tenants.identify(sock)))
+        if batch:
+            first = batch[0][1]
+            if not self._ring and len(batch) <= _INLINE and all(t is first for _, t in batch):
+                for sock, t in batch:  # one tenant and nobody waiting: nothing to order (the common case)
+                    self._new_connection(sock, t)
+            else:
+                for sock, t in batch:
+                    self._queue_connection(sock, t)
+                self._serve_waiting()
         return taken
 
-    def _queue_connection(self, sock: _socket.socket) -> None:
+    def _queue_connection(self, sock: _socket.socket, tenant: Tenant) -> None:
         """An accepted connection waits in its tenant's queue (counted against the tenant's share and the
         worker's cap like a held one)."""
-        tenant = self.tenants.identify(sock)
         q = self._waiting.get(tenant)
         if len(self.connections) + self._nwaiting >= self.max_connections and not self._make_room(tenant):
             self._refuse(sock, tenant, "rejected")

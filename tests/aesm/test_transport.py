@@ -215,3 +215,61 @@ def test_a_tenant_behind_another_tenants_backlog_is_answered_among_the_first(tmp
 
     asyncio.run(main())
     assert len(order) == 101 and order.index("b") <= 1
+
+
+def test_waiting_connections_are_served_by_one_chain_of_32_per_loop_turn() -> None:
+    """However often accepting callbacks call it, one scheduled call at a time answers 32 per turn; a
+    tenant with only waiting connections is not forgotten by the registry (its share would reset)."""
+
+    class FakeLoop:
+        def __init__(self) -> None:
+            self.soon: list[Callable[[], None]] = []
+
+        def call_soon(self, cb: Callable[[], None]) -> None:
+            self.soon.append(cb)
+
+        def call_later(self, *a: object) -> object:
+            return type("H", (), {"cancel": lambda s: None})()
+
+        def time(self) -> float:
+            return 0.0
+
+        def add_reader(self, *a: object) -> None:
+            pass
+
+        def remove_reader(self, *a: object) -> None:
+            pass
+
+    a, b = Tenant("a", "a"), Tenant("b", "b")
+    server = AesmServer(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), echo_responder,
+                        ServeOptions(max_connections=4000, tenant_max_connections=4000),
+                        tenants=Scripted(a, b))  # type: ignore[arg-type]
+    server.loop = FakeLoop()  # type: ignore[assignment]
+    peers = []
+    for _ in range(3):  # three accepting callbacks, each queuing 200 then serving
+        for t in [a] * 100 + [b] * 100:
+            x, y = socket.socketpair()
+            peers.append(x)
+            server._queue_connection(y, t)
+        server._serve_waiting()
+    assert len(server.loop.soon) == 1 and (a.waiting, b.waiting) == (252, 252)  # type: ignore[attr-defined]
+    turn, server.loop.soon = server.loop.soon, []  # type: ignore[attr-defined]
+    before = server._nwaiting
+    for cb in turn:
+        cb()
+    assert before - server._nwaiting == 32 and len(server.loop.soon) == 1  # type: ignore[attr-defined]
+    for x in peers:
+        x.close()
+
+
+
+def test_a_tenant_with_only_waiting_connections_is_not_forgotten() -> None:
+    from quotehelper.aesm.tenant import TenantRegistry
+
+    reg = TenantRegistry(ServeOptions(tenant_by="uid"), read_cgroup=lambda pid: None)
+    reg.MAX_TENANTS = 4
+    t = reg._resolve(100, 1000, 1000)
+    t.waiting = 3  # as AesmServer._queue_connection counts it
+    for uid in range(2000, 2008):  # the table overflows: idle tenants are forgotten, not this one
+        reg._resolve(100, uid, uid)
+    assert reg._resolve(100, 1000, 1000) is t

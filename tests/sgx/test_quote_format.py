@@ -243,3 +243,14 @@ def test_shared_qe_part_is_parsed_once_and_damage_still_named(sgx_quote):
     with pytest.raises(FormatError) as e:
         parse_quote(bytes(bad))
     assert (e.value.field, e.value.offset) == ("qe_auth_data_size", 1012)
+
+
+def test_an_oversized_qe_part_is_not_memoised(sgx_quote):
+    from dataclasses import replace
+
+    q = parse_quote(sgx_quote)
+    cd = q.signature.qe.certification_data
+    big = replace(q.signature.qe, certification_data=replace(cd, data=cd.data + bytes(20_000)))
+    raw = replace(q, signature=replace(q.signature, qe=big)).to_bytes()
+    one, two = parse_quote(raw), parse_quote(raw)
+    assert one.signature.qe is not two.signature.qe and one.signature.qe == two.signature.qe

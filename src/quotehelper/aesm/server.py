@@ -189,7 +189,11 @@ class AesmServer:
                 self.stats["backlog_drained"] += 1
                 self._new_connection(sock)
             else:
-                batch.append((sock, self.tenants.identify(sock)))
+                try:
+                    batch.append((sock, self.tenants.identify(sock)))
+                except Exception:  # never lose the rest of the batch to one peer
+                    log.exception("cannot identify a connection's tenant; closed it")
+                    sock.close()
         if batch:
             first = batch[0][1]
             if not self._ring and len(batch) <= _INLINE and all(t is first for _, t in batch):
@@ -208,7 +212,7 @@ class AesmServer:
         if len(self.connections) + self._nwaiting >= self.max_connections and not self._make_room(tenant):
             self._refuse(sock, tenant, "rejected")
             return
-        if tenant.conns + (len(q) if q else 0) >= self.tenant_connections:
+        if tenant.conns + tenant.waiting >= self.tenant_connections:
             self._refuse(sock, tenant, "tenant_cap")
             return
         if q is None:
@@ -217,11 +221,11 @@ class AesmServer:
             self._ring.append(tenant)
         q.append(sock)
         self._nwaiting += 1
+        tenant.waiting += 1
 
     def _serve_waiting(self) -> None:
         """Answers up to `_serve_batch` waiting connections, one per tenant in turn; schedules itself
         again while some wait."""
-        self._serving = False
         ring, waiting = self._ring, self._waiting
         for _ in range(self._serve_batch):
             if not ring:
@@ -230,14 +234,19 @@ class AesmServer:
             q = waiting[tenant]
             sock = q.popleft()
             self._nwaiting -= 1
+            tenant.waiting -= 1
             if q:
                 ring.append(tenant)
             else:
                 del waiting[tenant]
             self._new_connection(sock, tenant)
-        if ring and not self._serving:
+        if ring and not self._serving:  # one chain of scheduled calls, however many callers
             self._serving = True
-            self.loop.call_soon(self._serve_waiting)
+            self.loop.call_soon(self._serve_scheduled)
+
+    def _serve_scheduled(self) -> None:
+        self._serving = False
+        self._serve_waiting()
 
     def _resume_accepting(self) -> None:
         if self._listen is not None and not self._stopping.is_set():  # type: ignore[union-attr]
@@ -301,8 +310,7 @@ class AesmServer:
         would, loses one that is not being answered: a waiting one first, else one whose queued engine
         call is cancelled."""
         def held(t: Tenant) -> int:
-            q = self._waiting.get(t)
-            return t.conns + (len(q) if q else 0)
+            return t.conns + t.waiting
 
         big = max(self.tenants.all(), key=held)
         if held(big) <= held(tenant) + 1:
@@ -311,6 +319,7 @@ class AesmServer:
         if q:
             q.pop().close()  # the newest: the others keep their place
             self._nwaiting -= 1
+            big.waiting -= 1
             if not q:
                 del self._waiting[big]
                 self._ring.remove(big)

@@ -137,7 +137,7 @@ class Tenant:
 
     __slots__ = ("key", "label", "uid", "gid", "pod_uid", "container_id", "namespace", "pod", "denied",
                  "conns", "queued", "requests", "errors", "busy", "refused", "dropped", "wait_sum",
-                 "wait_count", "last_seen", "log_at")
+                 "wait_count", "last_seen", "log_at", "waiting")
 
     def __init__(self, key: str, label: str, uid: int = -1, gid: int = -1, *, pod_uid: str | None = None,
                  container_id: str | None = None, namespace: str | None = None, pod: str | None = None,
@@ -155,6 +155,7 @@ class Tenant:
         self.wait_count = 0
         self.last_seen = 0.0
         self.log_at = 0.0  # when this tenant's last rate-limited log line was written
+        self.waiting = 0  # accepted connections waiting in the server's per-tenant queue
 
     def describe(self) -> str:
         """For log lines: label plus what the kernel said."""
@@ -253,8 +254,8 @@ class TenantRegistry:
         return False
 
     def _forget_idle(self) -> None:
-        """Drops tenants with nothing held or queued, oldest first, down to 3/4 of the table."""
-        idle = sorted((t for t in self.tenants.values() if not t.conns and not t.queued),
+        """Drops tenants with nothing held, waiting or queued, oldest first, down to 3/4 of the table."""
+        idle = sorted((t for t in self.tenants.values() if not t.conns and not t.queued and not t.waiting),
                       key=lambda t: t.last_seen)
         f = self.forgotten
         for t in idle[: len(self.tenants) - self.MAX_TENANTS * 3 // 4]:

@@ -150,8 +150,14 @@ def _quote_files(directory: Path) -> list[Path]:
     """The files to verify, by name; one directory read (scandir's entry types, no stat per file and no
     Path comparisons: a 3,000-file listing is then ~5 ms, not ~60)."""
     with os.scandir(directory) as it:
-        names = sorted(e.name for e in it if e.is_file() and os.path.splitext(e.name)[1].lower() not in SKIP_SUFFIXES)
+        names = sorted(e.name for e in it if e.is_file() and _suffix(e.name) not in SKIP_SUFFIXES)
     return [directory / n for n in names]
+
+
+def _suffix(name: str) -> str:
+    """Path(name).suffix, lower-cased ("..json" -> ".json", where os.path.splitext finds none)."""
+    i = name.rfind(".")
+    return name[i:].lower() if 0 < i < len(name) - 1 else ""
 
 
 def _own_collaterals(directory: Path) -> set[str]:

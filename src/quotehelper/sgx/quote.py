@@ -306,7 +306,7 @@ class Quote:
 
     def signed_bytes(self) -> bytes:
         """The region the ISV signature covers: header (+ v5 body descriptor) + body."""
-        if self._signed:
+        if self._signed and not isinstance(self.body, TdReport):  # a TdReport's fields dict can be edited in place
             return self._signed
         body = self.body.to_bytes()
         if self.version == 5:
@@ -365,7 +365,8 @@ def parse_quote(data: bytes, allow_trailing: bool = False) -> Quote:
     att_key = sr.take(64, "attest_pub_key")
     # The QE part (QE report, its signature, auth data, PCK chain: ~4 KB) is the same in every quote of a
     # platform until its attestation key changes: parsed once, then found by its bytes
-    tail = (header.version == 3, data[sr.pos:end])  # v3 holds the QE part bare, v4/v5 inside type 6
+    sr_start = sr.pos
+    tail = (header.version == 3, data[sr_start:end])  # v3 holds the QE part bare, v4/v5 inside type 6
     qe = _QE_PARTS.get(tail)
     if qe is None:
         if header.version == 3:
@@ -379,9 +380,10 @@ def parse_quote(data: bytes, allow_trailing: bool = False) -> Quote:
             qe = QeReportCertData.parse(outer.data)
         if sr.remaining():
             raise sr.error("<end>", f"signature_data_len leaves {sr.remaining()} unparsed bytes")
-        if len(_QE_PARTS) >= 256:
-            _QE_PARTS.clear()
-        _QE_PARTS[tail] = qe
+        if end - sr_start <= _QE_PART_MEMO_MAX:  # a real one is ~4 KB: no room for crafted megabytes
+            if len(_QE_PARTS) >= 256:
+                _QE_PARTS.clear()
+            _QE_PARTS[tail] = qe
     trailing = data[end:]
     if trailing and not allow_trailing:
         raise FormatError("quote", "<end>", end, f"{len(trailing)} bytes after the signature data")
@@ -391,6 +393,7 @@ def parse_quote(data: bytes, allow_trailing: bool = False) -> Quote:
 
 
 _QE_PARTS: dict[tuple[bool, bytes], QeReportCertData] = {}  # successful parses only; immutable values
+_QE_PART_MEMO_MAX = 16 << 10
 
 
 def quote_length(data: bytes) -> int:

@@ -96,3 +96,24 @@ def test_table_is_bounded_and_answers_stay_right(tmp_path: Path) -> None:
         assert (res.errorCode, res.pub_key_id_size) == (0, 32)
         assert len(r._replies) <= AesmResponder.MEMO_LIMIT
     assert ask(r, size_req(timeout=1)).getQuoteSizeExRes.errorCode == 0  # evicted or not: still right
+
+
+def test_a_drain_turn_is_short_while_tenants_mix(tmp_path: Path) -> None:
+    """32 engine calls per loop turn for one tenant; 4 once another tenant called within the last second
+    (between turns replies go out and new connections are read: a polite quote does not wait out a
+    flood's 32-call batch at each step)."""
+    from quotehelper.aesm.tenant import Tenant
+
+    r, eng = responder(SimPlatform.create(tmp_path / "p"), memo=False)
+    a, b = Tenant("a", "a"), Tenant("b", "b")
+
+    async def one_turn(who: list[Tenant]) -> int:
+        futs = [r(size_req().SerializeToString(), t) for t in who]
+        before = eng.calls
+        r._drain()  # the turn the loop would run next
+        ran = eng.calls - before
+        await asyncio.gather(*[f for f in futs if isinstance(f, asyncio.Future)])
+        return ran
+
+    assert asyncio.run(one_turn([a] * 40)) == AesmResponder.BATCH
+    assert asyncio.run(one_turn([a] * 39 + [b])) == AesmResponder.SHARED_BATCH

@@ -17,6 +17,7 @@ Admission (`push`) keeps memory bounded and sends AESM_BUSY to the tenant over i
 from __future__ import annotations
 
 import collections
+from time import perf_counter
 from typing import Generic, TypeVar
 
 from quotehelper.aesm.tenant import Tenant
@@ -55,13 +56,22 @@ class FairQueue(Generic[T]):
         # MAX_IDLE_QUEUES.
         self._queues: dict[Tenant, _Queue[T]] = {}
         self._rotation: collections.deque[_Queue[T]] = collections.deque()  # the active ones, in turn order
+        self._last: Tenant | None = None
+        self.mixed_at = float("-inf")  # perf_counter() when a call last came from another tenant than the one before
 
     def __len__(self) -> int:
         return self.size
 
+    def _note(self, tenant: Tenant) -> None:
+        if tenant is not self._last:  # another tenant than the previous call's: tenants are mixing
+            if self._last is not None:
+                self.mixed_at = perf_counter()
+            self._last = tenant
+
     def push(self, tenant: Tenant, item: T) -> tuple[bool, tuple[Tenant, T] | None]:
         """Queues `item`; returns (False, None) when `tenant` is refused, (True, (victim, its item)) when
         another tenant's newest call was dropped to make room, else (True, None)."""
+        self._note(tenant)
         q = self._queues.get(tenant)
         if q is None:
             if len(self._queues) >= MAX_IDLE_QUEUES:

@@ -117,3 +117,23 @@ def test_a_drain_turn_is_short_while_tenants_mix(tmp_path: Path) -> None:
 
     assert asyncio.run(one_turn([a] * 40)) == AesmResponder.BATCH
     assert asyncio.run(one_turn([a] * 39 + [b])) == AesmResponder.SHARED_BATCH
+
+
+def test_with_tenants_mixing_and_nothing_queued_a_call_runs_at_once(tmp_path: Path) -> None:
+    """What the queue would run next runs in the request's own turn (no two extra loop turns); a lone
+    tenant's calls still go through the queue."""
+    from quotehelper.aesm.tenant import Tenant
+
+    r, eng = responder(SimPlatform.create(tmp_path / "p"), memo=False)
+    a, b = Tenant("a", "a"), Tenant("b", "b")
+
+    async def go() -> tuple[object, object]:
+        lone = r(size_req().SerializeToString(), a)
+        if isinstance(lone, asyncio.Future):
+            await lone
+        return lone, r(size_req().SerializeToString(), b)
+
+    lone, mixed = asyncio.run(go())
+    assert isinstance(lone, asyncio.Future) and isinstance(mixed, bytes)
+    assert pb.Response.FromString(mixed[4:]).getQuoteSizeExRes.errorCode == 42  # the engine's own answer
+    assert eng.calls == 2

@@ -56,22 +56,22 @@ class FairQueue(Generic[T]):
         # MAX_IDLE_QUEUES.
         self._queues: dict[Tenant, _Queue[T]] = {}
         self._rotation: collections.deque[_Queue[T]] = collections.deque()  # the active ones, in turn order
-        self._last: Tenant | None = None
-        self.mixed_at = float("-inf")  # perf_counter() when a call last came from another tenant than the one before
+        self.last: Tenant | None = None
+        self.mixed_at = float("-inf")  # perf_counter() when a request last came from another tenant than the one before
 
     def __len__(self) -> int:
         return self.size
 
-    def _note(self, tenant: Tenant) -> None:
-        if tenant is not self._last:  # another tenant than the previous call's: tenants are mixing
-            if self._last is not None:
+    def note(self, tenant: Tenant) -> None:
+        """A request from `tenant` (every request, engine call or not: the responder calls this)."""
+        if tenant is not self.last:  # another tenant than the previous request's: tenants are mixing
+            if self.last is not None:
                 self.mixed_at = perf_counter()
-            self._last = tenant
+            self.last = tenant
 
     def push(self, tenant: Tenant, item: T) -> tuple[bool, tuple[Tenant, T] | None]:
         """Queues `item`; returns (False, None) when `tenant` is refused, (True, (victim, its item)) when
         another tenant's newest call was dropped to make room, else (True, None)."""
-        self._note(tenant)
         q = self._queues.get(tenant)
         if q is None:
             if len(self._queues) >= MAX_IDLE_QUEUES:

@@ -137,3 +137,21 @@ def test_with_tenants_mixing_and_nothing_queued_a_call_runs_at_once(tmp_path: Pa
     assert isinstance(lone, asyncio.Future) and isinstance(mixed, bytes)
     assert pb.Response.FromString(mixed[4:]).getQuoteSizeExRes.errorCode == 42  # the engine's own answer
     assert eng.calls == 2
+
+
+def test_at_most_one_call_runs_in_its_own_turn_per_loop_turn(tmp_path: Path) -> None:
+    from quotehelper.aesm.tenant import Tenant
+
+    r, eng = responder(SimPlatform.create(tmp_path / "p"), memo=False)
+    a, b = Tenant("a", "a"), Tenant("b", "b")
+
+    async def go() -> list[object]:
+        first = r(size_req().SerializeToString(), a)
+        if isinstance(first, asyncio.Future):
+            await first
+        out = [r(size_req().SerializeToString(), t) for t in (b, a, b)]  # one loop turn
+        await asyncio.gather(*[f for f in out if isinstance(f, asyncio.Future)])
+        return out
+
+    out = asyncio.run(go())
+    assert [isinstance(x, bytes) for x in out] == [True, False, False]

@@ -82,6 +82,7 @@ class AesmResponder:
         self._queue: FairQueue[tuple[EngineCall, asyncio.Future[bytes], bytes, float]] = FairQueue(
             options.queue_limit, options.tenant_queue)
         self._scheduled = False
+        self._ran_now = False  # an engine call ran in its request's own turn (at most one per loop turn)
 
     def _remember(self, payload: bytes, frame: bytes, key: tuple[str, str]) -> None:
         if len(payload) > self.MEMO_MAX_PAYLOAD:
@@ -127,13 +128,20 @@ class AesmResponder:
             frame = encode_frame(out.SerializeToString())
             self._remember(payload, frame, key)
             return frame
-        if not queue.size and not self._scheduled and perf_counter() - queue.mixed_at < self.MIXED_WINDOW:
+        if not queue.size and not self._scheduled and not self._ran_now \
+                and perf_counter() - queue.mixed_at < self.MIXED_WINDOW:
             # Tenants mix and no engine call waits: this one is what the queue would run next; run it now
-            # rather than two loop turns later (behind whatever else those turns hold)
+            # rather than two loop turns later (behind whatever else those turns hold). One per loop turn:
+            # the next ones queue, so a turn never runs a string of calls back to back
+            self._ran_now = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
             tenant.wait_count += 1
             return self._run(call=out, payload=payload, tenant=tenant)
         fut = self._enqueue(tenant, out, payload)
         return self._busy(tenant, out) if fut is None else fut
+
+    def _next_turn(self) -> None:
+        self._ran_now = False
 
     def _run(self, call: EngineCall, payload: bytes, tenant: Tenant) -> bytes:
         try:

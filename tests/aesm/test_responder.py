@@ -155,3 +155,21 @@ def test_at_most_one_call_runs_in_its_own_turn_per_loop_turn(tmp_path: Path) -> 
 
     out = asyncio.run(go())
     assert [isinstance(x, bytes) for x in out] == [True, False, False]
+
+
+def test_no_call_runs_in_its_own_turn_before_a_drain_turns_replies_are_out(tmp_path: Path) -> None:
+    """A turn that ran queued calls has their replies still to write (next turn): a request arriving in it
+    queues behind them instead of running its engine call first."""
+    from quotehelper.aesm.tenant import Tenant
+
+    r, _ = responder(SimPlatform.create(tmp_path / "p"), memo=False)
+    a, b = Tenant("a", "a"), Tenant("b", "b")
+
+    async def go() -> object:
+        queued = [r(size_req().SerializeToString(), t) for t in (a, b)]  # tenants mix; both queued
+        await asyncio.sleep(0)  # the drain turn: queue emptied, replies set, their callbacks next turn
+        late = r(size_req().SerializeToString(), a)
+        await asyncio.gather(*[f for f in [*queued, late] if isinstance(f, asyncio.Future)])
+        return late
+
+    assert isinstance(asyncio.run(go()), asyncio.Future)

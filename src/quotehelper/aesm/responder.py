@@ -96,11 +96,11 @@ class AesmResponder:
 
     def __call__(self, payload: bytes, tenant: Tenant = ANYONE) -> Reply:
         tenant.requests += 1
+        if tenant.denied:
+            return self._deny(payload, tenant)
         queue = self._queue
         if tenant is not queue.last:
             queue.note(tenant)
-        if tenant.denied:
-            return self._deny(payload, tenant)
         hit = self._replies.get(payload)
         if hit is not None:
             counts = self.counts
@@ -133,8 +133,8 @@ class AesmResponder:
             # Tenants mix and no engine call waits: this one is what the queue would run next; run it now
             # rather than two loop turns later (behind whatever else those turns hold). One per loop turn:
             # the next ones queue, so a turn never runs a string of calls back to back
-            self._ran_now = True
             asyncio.get_running_loop().call_soon(self._next_turn)
+            self._ran_now = True
             tenant.wait_count += 1
             return self._run(call=out, payload=payload, tenant=tenant)
         fut = self._enqueue(tenant, out, payload)
@@ -211,6 +211,11 @@ class AesmResponder:
 
     def _drain(self) -> None:
         queue = self._queue
+        if queue.size and not self._ran_now:
+            # This turn's engine time goes to queued calls: no call runs in its own turn until the replies
+            # computed here have gone out (their callbacks run next turn, before _next_turn)
+            self._ran_now = True
+            asyncio.get_running_loop().call_soon(self._next_turn)
         try:
             batch = self.SHARED_BATCH if perf_counter() - queue.mixed_at < self.MIXED_WINDOW else self.BATCH
             for _ in range(batch):

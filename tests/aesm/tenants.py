@@ -53,14 +53,23 @@ def reply_code(reply: bytes) -> int:
 
 
 def roundtrip(path: str, frame: bytes, timeout: float = 20.0) -> bytes:
+    """One exchange as libsgx_quote_ex makes it (SocketTransporter::transact): connect, send the frame,
+    read the 4-byte length and that many bytes, close; it does not wait for the server's EOF. Returns
+    what arrived (short if the server closed first, b"" on a socket error)."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
         s.connect(path)
         s.sendall(frame)
         out = bytearray()
-        while chunk := s.recv(65536):
+        want = 4
+        while len(out) < want:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
             out += chunk
+            if want == 4 and len(out) >= 4:
+                want = 4 + struct.unpack_from("<I", out)[0]
         return bytes(out)
     except OSError:
         return b""

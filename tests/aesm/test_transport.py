@@ -217,6 +217,44 @@ def test_a_tenant_behind_another_tenants_backlog_is_answered_among_the_first(tmp
     assert len(order) == 101 and order.index("b") <= 1
 
 
+def test_a_tenants_first_connection_in_a_batch_is_answered_before_the_rest_is_accepted(tmp_path: Path) -> None:
+    """a has connections waiting in its queue; b's one connection, second in the kernel's backlog ahead
+    of 300 more of a's, is answered as soon as it is accepted, not after the whole batch (accepting 300
+    connections cost a polite request milliseconds under a flood). a's queue keeps its order."""
+    a, b = Tenant("a", "a"), Tenant("b", "b")
+    reg = Scripted(*[a] * 5, b, *[a] * 300)
+    seen: list[tuple[str, int]] = []  # (tenant, connections still to be accepted when it was answered)
+
+    def responder(payload: bytes, tenant: Tenant) -> bytes:
+        seen.append((tenant.key, len(reg.order)))
+        return encode_frame(payload)
+
+    async def main() -> None:
+        path = str(tmp_path / "t.socket")
+        owner = ServiceSocket(path)
+        server = AesmServer(owner.sock, responder, ServeOptions(tenant_max_connections=400),
+                            tenants=reg)  # type: ignore[arg-type]
+        clients = []
+        for i in range(306):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            s.sendall(encode_frame(f"{i}".encode()))
+            clients.append(s)
+        a.waiting = 1  # as if a already had a connection in its queue: a flood in progress
+        await server.start()
+        for s in clients:
+            s.setblocking(False)
+            assert await read_all(s)
+        owner.unlink()
+        await server.stop()
+        owner.close()
+
+    asyncio.run(main())
+    assert len(seen) == 306
+    assert seen[0] == ("b", 300)  # answered while 300 connections were still in the backlog
+    assert [k for k, _ in seen[1:]] == ["a"] * 305
+
+
 def test_waiting_connections_are_served_by_one_chain_of_32_per_loop_turn() -> None:
     """However often accepting callbacks call it, one scheduled call at a time answers 32 per turn; a
     tenant with only waiting connections is not forgotten by the registry (its share would reset)."""

@@ -130,7 +130,8 @@ class AesmServer:
         # polite request would wait for all of them. So a readiness callback takes up to `_accept_batch`
         # connections out of it (accept + SO_PEERCRED, a few us each) into per-tenant queues, then
         # answers at most `_serve_batch` of them, one tenant after the other (round robin), and lets the
-        # loop run (engine calls, replies, newly arrived connections) before the next ones.
+        # loop run (engine calls, replies, newly arrived connections) before the next ones. A tenant's
+        # first connection in a batch, with none of its others waiting, is answered as it is accepted.
         self._accept_batch = 1024
         self._serve_batch = 32
         self._waiting: dict[Tenant, collections.deque[_socket.socket]] = {}  # accepted, not read yet
@@ -167,6 +168,7 @@ class AesmServer:
         assert lsock is not None
         taken = 0
         batch: list[tuple[_socket.socket, Tenant]] = []
+        early: set[Tenant] = set()
         while taken < limit:
             try:
                 fd, _ = lsock._accept()  # type: ignore[attr-defined]  # fd only: no Python socket wrapper yet
@@ -190,10 +192,19 @@ class AesmServer:
                 self._new_connection(sock)
             else:
                 try:
-                    batch.append((sock, self.tenants.identify(sock)))
+                    tenant = self.tenants.identify(sock)
                 except Exception:  # never lose the rest of the batch to one peer
                     log.exception("cannot identify a connection's tenant; closed it")
                     sock.close()
+                    continue
+                # A tenant's first connection in this batch, with none of its others waiting, is answered
+                # at once: it would be first or second in the round robin anyway, and waiting for the rest
+                # of a flood's batch to be accepted cost a polite request milliseconds.
+                if tenant.waiting == 0 and tenant not in early:
+                    early.add(tenant)
+                    self._new_connection(sock, tenant)
+                else:
+                    batch.append((sock, tenant))
         if batch:
             first = batch[0][1]
             if not self._ring and len(batch) <= _INLINE and all(t is first for _, t in batch):

@@ -255,28 +255,83 @@ def test_a_tenants_first_connection_in_a_batch_is_answered_before_the_rest_is_ac
     assert [k for k, _ in seen[1:]] == ["a"] * 305
 
 
+class FakeLoop:
+    """Just what AesmServer's accepting and serving call, with the scheduled callbacks kept to run by hand."""
+
+    def __init__(self) -> None:
+        self.soon: list[Callable[[], None]] = []
+        self.now = 0.0
+
+    def call_soon(self, cb: Callable[[], None]) -> None:
+        self.soon.append(cb)
+
+    def call_later(self, *a: object) -> object:
+        return type("H", (), {"cancel": lambda s: None})()
+
+    def time(self) -> float:
+        return self.now
+
+    def add_reader(self, *a: object) -> None:
+        pass
+
+    def remove_reader(self, *a: object) -> None:
+        pass
+
+
+def test_while_tenants_mix_a_batch_of_one_tenant_waits_in_its_queue(tmp_path: Path) -> None:
+    """Alone, a tenant's batch is answered in the accepting callback; within a second of another tenant's
+    connection, it waits in its queue and 32 are answered per loop turn (the flood then waits here, where
+    others are answered first, not in the kernel's FIFO backlog)."""
+    a, b = Tenant("a", "a"), Tenant("b", "b")
+    answered: list[str] = []
+
+    def responder(payload: bytes, tenant: Tenant) -> bytes:
+        answered.append(tenant.key)
+        return encode_frame(payload)
+
+    def backlog(path: str, n: int) -> list[socket.socket]:
+        out = []
+        for i in range(n):
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.connect(path)
+            c.sendall(encode_frame(f"{i}".encode()))
+            out.append(c)
+        return out
+
+    def server_for(path: str, *order: Tenant) -> tuple[AesmServer, ServiceSocket]:
+        owner = ServiceSocket(path)
+        server = AesmServer(owner.sock, responder, ServeOptions(tenant_max_connections=400),
+                            tenants=Scripted(*order))  # type: ignore[arg-type]
+        server.loop = FakeLoop()  # type: ignore[assignment]
+        server._listen = owner.sock
+        owner.sock.setblocking(False)
+        return server, owner
+
+    alone, owner1 = server_for(str(tmp_path / "alone.socket"), *[a] * 100)
+    clients = backlog(owner1.path, 100)
+    alone._accept_some(1024, draining=False)
+    assert answered == ["a"] * 100  # all in the accepting callback
+
+    answered.clear()
+    mixed, owner2 = server_for(str(tmp_path / "mixed.socket"), b, *[a] * 100)
+    clients += backlog(owner2.path, 1)
+    mixed._accept_some(1024, draining=False)
+    clients += backlog(owner2.path, 100)
+    mixed._accept_some(1024, draining=False)
+    assert answered == ["b", "a"] + ["a"] * 32 and a.waiting == 67  # b, a's first at once, then one turn
+    assert len(mixed.loop.soon) == 1  # type: ignore[attr-defined]  # the next turn is scheduled
+    for q in mixed._waiting.values():
+        for w in q:
+            w.close()
+    for c in clients:
+        c.close()
+    owner1.close()
+    owner2.close()
+
+
 def test_waiting_connections_are_served_by_one_chain_of_32_per_loop_turn() -> None:
     """However often accepting callbacks call it, one scheduled call at a time answers 32 per turn; a
     tenant with only waiting connections is not forgotten by the registry (its share would reset)."""
-
-    class FakeLoop:
-        def __init__(self) -> None:
-            self.soon: list[Callable[[], None]] = []
-
-        def call_soon(self, cb: Callable[[], None]) -> None:
-            self.soon.append(cb)
-
-        def call_later(self, *a: object) -> object:
-            return type("H", (), {"cancel": lambda s: None})()
-
-        def time(self) -> float:
-            return 0.0
-
-        def add_reader(self, *a: object) -> None:
-            pass
-
-        def remove_reader(self, *a: object) -> None:
-            pass
 
     a, b = Tenant("a", "a"), Tenant("b", "b")
     server = AesmServer(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), echo_responder,
@@ -296,6 +351,9 @@ def test_waiting_connections_are_served_by_one_chain_of_32_per_loop_turn() -> No
     for cb in turn:
         cb()
     assert before - server._nwaiting == 32 and len(server.loop.soon) == 1  # type: ignore[attr-defined]
+    for q in server._waiting.values():
+        for w in q:
+            w.close()
     for x in peers:
         x.close()
 

@@ -62,6 +62,10 @@ def echo_responder(payload: bytes, tenant: Tenant | None = None) -> Reply:
 
 _MSG_DONTWAIT = socket.MSG_DONTWAIT
 _INLINE = 128  # accepted connections of a single tenant answered in the accepting callback itself
+# After connections of two tenants arrived within this many seconds, none are answered in the accepting
+# callback: they wait in their tenants' queues, 32 answered per loop turn, so a flood's connections wait
+# in this process (where other tenants' are answered first) rather than in the kernel's FIFO backlog.
+_MIXED_WINDOW = 1.0
 _RECV_SIZE = 65536
 
 
@@ -138,6 +142,8 @@ class AesmServer:
         self._ring: collections.deque[Tenant] = collections.deque()  # tenants with waiting connections
         self._nwaiting = 0
         self._serving = False  # a _serve_waiting call is scheduled
+        self._last_tenant: Tenant | None = None  # of the last connection accepted
+        self._mixed_until = 0.0  # loop time until which tenants count as mixing (see _MIXED_WINDOW)
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
     async def start(self) -> None:
@@ -197,6 +203,10 @@ class AesmServer:
                     log.exception("cannot identify a connection's tenant; closed it")
                     sock.close()
                     continue
+                if tenant is not self._last_tenant:
+                    if self._last_tenant is not None:
+                        self._mixed_until = self.loop.time() + _MIXED_WINDOW
+                    self._last_tenant = tenant
                 # A tenant's first connection in this batch, with none of its others waiting, is answered
                 # at once: it would be first or second in the round robin anyway, and waiting for the rest
                 # of a flood's batch to be accepted cost a polite request milliseconds.
@@ -207,7 +217,8 @@ class AesmServer:
                     batch.append((sock, tenant))
         if batch:
             first = batch[0][1]
-            if not self._ring and len(batch) <= _INLINE and all(t is first for _, t in batch):
+            if not self._ring and len(batch) <= _INLINE and all(t is first for _, t in batch) \
+                    and self.loop.time() >= self._mixed_until:
                 for sock, t in batch:  # one tenant and nobody waiting: nothing to order (the common case)
                     self._new_connection(sock, t)
             else:

@@ -217,44 +217,6 @@ def test_a_tenant_behind_another_tenants_backlog_is_answered_among_the_first(tmp
     assert len(order) == 101 and order.index("b") <= 1
 
 
-def test_a_tenants_first_connection_in_a_batch_is_answered_before_the_rest_is_accepted(tmp_path: Path) -> None:
-    """a has connections waiting in its queue; b's one connection, second in the kernel's backlog ahead
-    of 300 more of a's, is answered as soon as it is accepted, not after the whole batch (accepting 300
-    connections cost a polite request milliseconds under a flood). a's queue keeps its order."""
-    a, b = Tenant("a", "a"), Tenant("b", "b")
-    reg = Scripted(*[a] * 5, b, *[a] * 300)
-    seen: list[tuple[str, int]] = []  # (tenant, connections still to be accepted when it was answered)
-
-    def responder(payload: bytes, tenant: Tenant) -> bytes:
-        seen.append((tenant.key, len(reg.order)))
-        return encode_frame(payload)
-
-    async def main() -> None:
-        path = str(tmp_path / "t.socket")
-        owner = ServiceSocket(path)
-        server = AesmServer(owner.sock, responder, ServeOptions(tenant_max_connections=400),
-                            tenants=reg)  # type: ignore[arg-type]
-        clients = []
-        for i in range(306):
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            s.connect(path)
-            s.sendall(encode_frame(f"{i}".encode()))
-            clients.append(s)
-        a.waiting = 1  # as if a already had a connection in its queue: a flood in progress
-        await server.start()
-        for s in clients:
-            s.setblocking(False)
-            assert await read_all(s)
-        owner.unlink()
-        await server.stop()
-        owner.close()
-
-    asyncio.run(main())
-    assert len(seen) == 306
-    assert seen[0] == ("b", 300)  # answered while 300 connections were still in the backlog
-    assert [k for k, _ in seen[1:]] == ["a"] * 305
-
-
 class FakeLoop:
     """Just what AesmServer's accepting and serving call, with the scheduled callbacks kept to run by hand."""
 
@@ -278,55 +240,161 @@ class FakeLoop:
         pass
 
 
-def test_while_tenants_mix_a_batch_of_one_tenant_waits_in_its_queue(tmp_path: Path) -> None:
-    """Alone, a tenant's batch is answered in the accepting callback; within a second of another tenant's
-    connection, it waits in its queue and 32 are answered per loop turn (the flood then waits here, where
-    others are answered first, not in the kernel's FIFO backlog)."""
-    a, b = Tenant("a", "a"), Tenant("b", "b")
-    answered: list[str] = []
+class Accepting:
+    """An AesmServer on a real listening socket driven by hand: `backlog(tenant, n)` queues n connections
+    in the kernel (each sends its number as the request, or nothing with send=False), `accept()` runs one
+    accepting callback, `turns()` the scheduled serve turns. `answered` lists (tenant, request number,
+    connections still in the backlog) in answering order."""
 
-    def responder(payload: bytes, tenant: Tenant) -> bytes:
-        answered.append(tenant.key)
+    def __init__(self, path: Path, **options: int) -> None:
+        self.reg = Scripted()
+        self.answered: list[tuple[str, int, int]] = []
+        self.owner = ServiceSocket(path)
+        self.server = AesmServer(self.owner.sock, self._respond, ServeOptions(**options),
+                                 tenants=self.reg)  # type: ignore[arg-type]
+        self.loop = FakeLoop()
+        self.server.loop = self.loop  # type: ignore[assignment]
+        self.server._listen = self.owner.sock
+        self.owner.sock.setblocking(False)
+        self.clients: list[socket.socket] = []
+        self.sent = 0
+
+    def _respond(self, payload: bytes, tenant: Tenant) -> bytes:
+        self.answered.append((tenant.key, int(payload), len(self.reg.order)))
         return encode_frame(payload)
 
-    def backlog(path: str, n: int) -> list[socket.socket]:
-        out = []
-        for i in range(n):
+    def backlog(self, tenant: Tenant, n: int, send: bool = True) -> None:
+        for _ in range(n):
             c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            c.connect(path)
-            c.sendall(encode_frame(f"{i}".encode()))
-            out.append(c)
-        return out
+            c.connect(self.owner.path)
+            if send:
+                c.sendall(encode_frame(str(self.sent).encode()))
+            self.sent += 1
+            self.clients.append(c)
+            self.reg.order.append(tenant)
+            if tenant not in self.reg.known:
+                self.reg.known.append(tenant)
 
-    def server_for(path: str, *order: Tenant) -> tuple[AesmServer, ServiceSocket]:
-        owner = ServiceSocket(path)
-        server = AesmServer(owner.sock, responder, ServeOptions(tenant_max_connections=400),
-                            tenants=Scripted(*order))  # type: ignore[arg-type]
-        server.loop = FakeLoop()  # type: ignore[assignment]
-        server._listen = owner.sock
-        owner.sock.setblocking(False)
-        return server, owner
+    def accept(self) -> None:
+        self.server._accept_some(1024, draining=False)
 
-    alone, owner1 = server_for(str(tmp_path / "alone.socket"), *[a] * 100)
-    clients = backlog(owner1.path, 100)
-    alone._accept_some(1024, draining=False)
-    assert answered == ["a"] * 100  # all in the accepting callback
+    def turns(self) -> None:
+        while self.loop.soon:
+            turn, self.loop.soon = self.loop.soon, []
+            for cb in turn:
+                cb()
 
-    answered.clear()
-    mixed, owner2 = server_for(str(tmp_path / "mixed.socket"), b, *[a] * 100)
-    clients += backlog(owner2.path, 1)
-    mixed._accept_some(1024, draining=False)
-    clients += backlog(owner2.path, 100)
-    mixed._accept_some(1024, draining=False)
-    assert answered == ["b", "a"] + ["a"] * 32 and a.waiting == 67  # b, a's first at once, then one turn
-    assert len(mixed.loop.soon) == 1  # type: ignore[attr-defined]  # the next turn is scheduled
-    for q in mixed._waiting.values():
-        for w in q:
-            w.close()
-    for c in clients:
-        c.close()
-    owner1.close()
-    owner2.close()
+    def held(self) -> int:
+        return len(self.server.connections) + self.server._nwaiting
+
+    def close(self) -> None:
+        for q in self.server._waiting.values():
+            for w in q:
+                w.close()
+        for conn in list(self.server.connections.values()):
+            conn.sock.close()
+        for c in self.clients:
+            c.close()
+        self.owner.close()
+
+
+def test_while_tenants_mix_a_batch_of_one_tenant_waits_in_its_queue(tmp_path: Path) -> None:
+    """Alone, a tenant's batch is answered in the accepting callback; within a second of another tenant's
+    connection it waits in its queue, 32 answered per loop turn (a flood then waits here, where others
+    are answered first, not in the kernel's FIFO backlog); a second later it is answered inline again."""
+    a, b = Tenant("a", "a"), Tenant("b", "b")
+    h = Accepting(tmp_path / "t.socket", tenant_max_connections=400)
+    try:
+        h.backlog(a, 100)
+        h.accept()
+        assert [k for k, _, _ in h.answered] == ["a"] * 100 and not h.loop.soon  # all in the callback
+        h.answered.clear()
+        h.backlog(b, 1)
+        h.accept()
+        h.backlog(a, 100)
+        h.accept()  # b -> a: mixing. a's first at once, counted in this turn's 32; the rest wait
+        assert [k for k, _, _ in h.answered] == ["b"] + ["a"] * 32 and a.waiting == 68
+        assert len(h.loop.soon) == 1  # the next turn is scheduled
+        h.turns()
+        assert a.waiting == 0 and [n for k, n, _ in h.answered if k == "a"] == list(range(101, 201))
+        h.answered.clear()
+        h.loop.now = 1.5  # a second after b's connection: a alone again
+        h.backlog(a, 100)
+        h.accept()
+        assert len(h.answered) == 100 and not h.loop.soon
+    finally:
+        h.close()
+
+
+def test_a_tenants_first_connection_in_a_batch_is_answered_before_the_rest_is_accepted(tmp_path: Path) -> None:
+    """a floods (connections waiting in its queue); b's one connection, sixth in the kernel's backlog
+    ahead of 300 more of a's, is answered as it is accepted, not after the whole batch (accepting 300
+    connections cost a polite request milliseconds under a flood). a's connections keep their order."""
+    a, b, c = Tenant("a", "a"), Tenant("b", "b"), Tenant("c", "c")
+    h = Accepting(tmp_path / "t.socket", tenant_max_connections=600)
+    try:
+        h.backlog(c, 1)
+        h.backlog(a, 100)
+        h.accept()
+        assert a.waiting > 0  # a flood in progress
+        first = sum(k == "a" for k, _, _ in h.answered)
+        h.answered.clear()
+        h.backlog(a, 5)
+        h.backlog(b, 1)
+        h.backlog(a, 300)
+        h.accept()
+        assert h.answered[0] == ("b", 106, 300)  # while 300 were still in the backlog
+        h.turns()
+        ns = [n for k, n, _ in h.answered if k == "a"]
+        assert ns == sorted(ns) and len(ns) == 405 - first and ns[-1] == 406  # every one, in order
+    finally:
+        h.close()
+
+
+def test_early_answers_neither_exceed_the_worker_cap_nor_one_turn(tmp_path: Path) -> None:
+    """(From an attacker's review.) A tenant with nothing waiting gets its first connection answered as it
+    is accepted; held connections plus waiting ones still never exceed max_connections (u's connections
+    send nothing and are held), and 500 identities in one backlog get 32 answers in the accepting
+    callback, not 500."""
+    a, u, v = Tenant("a", "a"), Tenant("u", "u"), Tenant("v", "v")
+    h = Accepting(tmp_path / "cap.socket", max_connections=64, tenant_max_connections=64)
+    pairs = [socket.socketpair() for _ in range(24)]
+    try:
+        h.backlog(a, 40, send=False)
+        h.accept()  # a alone: 40 held, waiting for their requests
+        for _, y in pairs:  # and 24 waiting in a's queue: the worker is full
+            h.server._queue_connection(y, a)
+        assert (len(h.server.connections), h.server._nwaiting) == (40, 24)
+        h.backlog(u, 1, send=False)
+        h.accept()  # u's first: answered at once, in a's waiting connection's place (a holds the most)
+        assert h.held() == 64 and u.conns == 1 and h.server.stats["evicted"] == 1
+        h.turns()
+        h.backlog(v, 1, send=False)
+        h.backlog(a, 100, send=False)
+        h.accept()
+        for _ in range(30):  # u opens one connection per accepting callback: always the early path
+            h.backlog(u, 1, send=False)
+            h.backlog(a, 40, send=False)
+            h.accept()
+            assert h.held() <= 64
+            h.turns()
+            assert h.held() <= 64
+        assert h.server.stats["rejected"] + h.server.stats["evicted"] > 1
+    finally:
+        h.close()
+        for x, _ in pairs:
+            x.close()
+    many = Accepting(tmp_path / "many.socket", tenant_max_connections=600)
+    try:
+        for i in range(500):
+            many.backlog(Tenant(f"t{i}", f"t{i}"), 1)
+        many.backlog(a, 1)
+        many.accept()
+        assert len(many.answered) == 32 and len(many.loop.soon) == 1
+        many.turns()
+        assert len(many.answered) == 501
+    finally:
+        many.close()
 
 
 def test_waiting_connections_are_served_by_one_chain_of_32_per_loop_turn() -> None:

@@ -203,14 +203,16 @@ class AesmServer:
                     log.exception("cannot identify a connection's tenant; closed it")
                     sock.close()
                     continue
-                if tenant is not self._last_tenant:
+                if tenant is not self._last_tenant and not tenant.denied:  # denied ones are no one's competition
                     if self._last_tenant is not None:
                         self._mixed_until = self.loop.time() + _MIXED_WINDOW
                     self._last_tenant = tenant
                 # A tenant's first connection in this batch, with none of its others waiting, is answered
-                # at once: it would be first or second in the round robin anyway, and waiting for the rest
-                # of a flood's batch to be accepted cost a polite request milliseconds.
-                if tenant.waiting == 0 and tenant not in early:
+                # at once: it would be among the first of the round robin anyway, and waiting for the rest
+                # of a flood's batch to be accepted cost a polite request milliseconds. At most
+                # _serve_batch of them per callback, counted against its serve turn: many identities must
+                # not turn one callback into hundreds of answers with nothing else running.
+                if tenant.waiting == 0 and tenant not in early and len(early) < self._serve_batch:
                     early.add(tenant)
                     self._new_connection(sock, tenant)
                 else:
@@ -224,7 +226,7 @@ class AesmServer:
             else:
                 for sock, t in batch:
                     self._queue_connection(sock, t)
-                self._serve_waiting()
+                self._serve_waiting(self._serve_batch - len(early))  # the early answers were this turn's too
         return taken
 
     def _queue_connection(self, sock: _socket.socket, tenant: Tenant) -> None:
@@ -245,11 +247,11 @@ class AesmServer:
         self._nwaiting += 1
         tenant.waiting += 1
 
-    def _serve_waiting(self) -> None:
-        """Answers up to `_serve_batch` waiting connections, one per tenant in turn; schedules itself
-        again while some wait."""
+    def _serve_waiting(self, budget: int | None = None) -> None:
+        """Answers up to `budget` (default `_serve_batch`) waiting connections, one per tenant in turn;
+        schedules itself again while some wait."""
         ring, waiting = self._ring, self._waiting
-        for _ in range(self._serve_batch):
+        for _ in range(self._serve_batch if budget is None else budget):
             if not ring:
                 break
             tenant = ring.popleft()
@@ -277,7 +279,9 @@ class AesmServer:
     def _new_connection(self, sock: _socket.socket, tenant: Tenant | None = None) -> Tenant:
         if tenant is None:
             tenant = self.tenants.identify(sock)
-        if len(self.connections) >= self.max_connections and not self._make_room(tenant):
+        # Waiting connections hold their places (as in _queue_connection): an early answer while others
+        # wait must not push the worker past max_connections, nor take a queued connection's place.
+        if len(self.connections) + self._nwaiting >= self.max_connections and not self._make_room(tenant):
             self._refuse(sock, tenant, "rejected")
             return tenant
         if tenant.conns >= self.tenant_connections:  # this tenant's share of the worker is taken: its loss

@@ -326,6 +326,23 @@ def test_while_tenants_mix_a_batch_of_one_tenant_waits_in_its_queue(tmp_path: Pa
         h.close()
 
 
+def test_a_denied_tenant_does_not_make_tenants_mix(tmp_path: Path) -> None:
+    """A denied tenant's connections (answered AESM_SERVICE_UNAVAILABLE) do not start the mixing window:
+    any local user could otherwise keep every tenant's bursts on the queued path."""
+    a, d = Tenant("a", "a"), Tenant("d", "d", denied=True)
+    h = Accepting(tmp_path / "t.socket", tenant_max_connections=400)
+    try:
+        h.backlog(a, 1)
+        h.accept()
+        h.backlog(d, 1)
+        h.accept()
+        h.backlog(a, 100)
+        h.accept()
+        assert len(h.answered) == 102 and not h.loop.soon  # a's 100 answered in the callback
+    finally:
+        h.close()
+
+
 def test_a_tenants_first_connection_in_a_batch_is_answered_before_the_rest_is_accepted(tmp_path: Path) -> None:
     """a floods (connections waiting in its queue); b's one connection, sixth in the kernel's backlog
     ahead of 300 more of a's, is answered as it is accepted, not after the whole batch (accepting 300

@@ -439,6 +439,8 @@ def test_waiting_connections_are_served_by_one_chain_of_32_per_loop_turn() -> No
     for q in server._waiting.values():
         for w in q:
             w.close()
+    for conn in server.connections.values():
+        conn.sock.close()
     for x in peers:
         x.close()
 

@@ -27,7 +27,7 @@ from quotehelper.aesm.handlers import (
 from quotehelper.aesm.metrics import CALL_LABELS, LEGACY, UNPARSEABLE, LatencyBuckets
 from quotehelper.aesm.options import ServeOptions
 from quotehelper.aesm.scheduler import FairQueue
-from quotehelper.aesm.tenant import Tenant
+from quotehelper.aesm.tenant import Tenant, TenantMix
 from quotehelper.platform.engine import QuotingEngine
 
 log = logging.getLogger(__name__)
@@ -59,12 +59,11 @@ class AesmResponder:
     MEMO_LIMIT = 64  # entries; payloads differ only in key id and timeout. Oldest evicted first.
     MEMO_MAX_PAYLOAD = 2048  # requests above this (e.g. a long SelectAttKeyID list) are not kept
     BATCH = 32  # engine calls per event-loop iteration (32 x ~36 us: cheap calls wait at most ~1.2 ms)
-    # ... while one tenant is calling. When another called within MIXED_WINDOW, 4: replies go out (their
+    # ... while one tenant is calling. While tenants mix (TenantMix), 4: replies go out (their
     # futures' callbacks) and new connections are read only between batches, so under a GetQuoteEx flood
     # a polite quote waited out the rest of a 32-call batch at each of its steps (bench/fairness.py, 512
     # connections: polite p99 10-15x alone with 32, 1.5-2.1x with 4)
     SHARED_BATCH = 4
-    MIXED_WINDOW = 1.0
 
     def __init__(self, dispatcher: Dispatcher, engine: QuotingEngine, options: ServeOptions | None = None) -> None:
         options = options or ServeOptions()
@@ -83,6 +82,7 @@ class AesmResponder:
             options.queue_limit, options.tenant_queue)
         self._scheduled = False
         self._ran_now = False  # an engine call ran in its request's own turn (at most one per loop turn)
+        self._mix = TenantMix()  # every request, engine call or not, denied ones aside
 
     def _remember(self, payload: bytes, frame: bytes, key: tuple[str, str]) -> None:
         if len(payload) > self.MEMO_MAX_PAYLOAD:
@@ -99,8 +99,9 @@ class AesmResponder:
         if tenant.denied:
             return self._deny(payload, tenant)
         queue = self._queue
-        if tenant is not queue.last:
-            queue.note(tenant)
+        mix = self._mix
+        if tenant is not mix.last:
+            mix.seen(tenant, perf_counter())
         hit = self._replies.get(payload)
         if hit is not None:
             counts = self.counts
@@ -129,7 +130,7 @@ class AesmResponder:
             self._remember(payload, frame, key)
             return frame
         if not queue.size and not self._scheduled and not self._ran_now \
-                and perf_counter() - queue.mixed_at < self.MIXED_WINDOW:
+                and mix.active(perf_counter()):
             # Tenants mix and no engine call waits: this one is what the queue would run next; run it now
             # rather than two loop turns later (behind whatever else those turns hold). One per loop turn:
             # the next ones queue, so a turn never runs a string of calls back to back
@@ -217,7 +218,7 @@ class AesmResponder:
             self._ran_now = True
             asyncio.get_running_loop().call_soon(self._next_turn)
         try:
-            batch = self.SHARED_BATCH if perf_counter() - queue.mixed_at < self.MIXED_WINDOW else self.BATCH
+            batch = self.SHARED_BATCH if self._mix.active(perf_counter()) else self.BATCH
             for _ in range(batch):
                 nxt = queue.pop()
                 if nxt is None:

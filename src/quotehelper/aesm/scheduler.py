@@ -17,7 +17,6 @@ Admission (`push`) keeps memory bounded and sends AESM_BUSY to the tenant over i
 from __future__ import annotations
 
 import collections
-from time import perf_counter
 from typing import Generic, TypeVar
 
 from quotehelper.aesm.tenant import Tenant
@@ -56,18 +55,9 @@ class FairQueue(Generic[T]):
         # MAX_IDLE_QUEUES.
         self._queues: dict[Tenant, _Queue[T]] = {}
         self._rotation: collections.deque[_Queue[T]] = collections.deque()  # the active ones, in turn order
-        self.last: Tenant | None = None
-        self.mixed_at = float("-inf")  # perf_counter() when a request last came from another tenant than the one before
 
     def __len__(self) -> int:
         return self.size
-
-    def note(self, tenant: Tenant) -> None:
-        """A request from `tenant` (every request, engine call or not: the responder calls this)."""
-        if tenant is not self.last:  # another tenant than the previous request's: tenants are mixing
-            if self.last is not None:
-                self.mixed_at = perf_counter()
-            self.last = tenant
 
     def push(self, tenant: Tenant, item: T) -> tuple[bool, tuple[Tenant, T] | None]:
         """Queues `item`; returns (False, None) when `tenant` is refused, (True, (victim, its item)) when

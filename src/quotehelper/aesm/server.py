@@ -41,7 +41,7 @@ from quotehelper.aesm.sockets import (  # noqa: F401 - re-exported: the server's
     ServiceSocket,
     SocketInUse,
 )
-from quotehelper.aesm.tenant import Tenant, TenantRegistry
+from quotehelper.aesm.tenant import Tenant, TenantMix, TenantRegistry
 
 log = logging.getLogger(__name__)
 
@@ -62,10 +62,6 @@ def echo_responder(payload: bytes, tenant: Tenant | None = None) -> Reply:
 
 _MSG_DONTWAIT = socket.MSG_DONTWAIT
 _INLINE = 128  # accepted connections of a single tenant answered in the accepting callback itself
-# After connections of two tenants arrived within this many seconds, none are answered in the accepting
-# callback: they wait in their tenants' queues, 32 answered per loop turn, so a flood's connections wait
-# in this process (where other tenants' are answered first) rather than in the kernel's FIFO backlog.
-_MIXED_WINDOW = 1.0
 _RECV_SIZE = 65536
 
 
@@ -142,8 +138,10 @@ class AesmServer:
         self._ring: collections.deque[Tenant] = collections.deque()  # tenants with waiting connections
         self._nwaiting = 0
         self._serving = False  # a _serve_waiting call is scheduled
-        self._last_tenant: Tenant | None = None  # of the last connection accepted
-        self._mixed_until = 0.0  # loop time until which tenants count as mixing (see _MIXED_WINDOW)
+        # While tenants mix, no batch is answered in the accepting callback: connections wait in their
+        # tenants' queues, 32 answered per loop turn, so a flood's connections wait in this process (where
+        # other tenants' are answered first) rather than in the kernel's FIFO backlog.
+        self._mix = TenantMix()  # accepted connections, denied tenants aside
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
     async def start(self) -> None:
@@ -203,10 +201,8 @@ class AesmServer:
                     log.exception("cannot identify a connection's tenant; closed it")
                     sock.close()
                     continue
-                if tenant is not self._last_tenant and not tenant.denied:  # denied ones are no one's competition
-                    if self._last_tenant is not None:
-                        self._mixed_until = self.loop.time() + _MIXED_WINDOW
-                    self._last_tenant = tenant
+                if tenant is not self._mix.last and not tenant.denied:  # denied ones are no one's competition
+                    self._mix.seen(tenant, self.loop.time())
                 # A tenant's first connection in this batch, with none of its others waiting, is answered
                 # at once: it would be among the first of the round robin anyway, and waiting for the rest
                 # of a flood's batch to be accepted cost a polite request milliseconds. At most
@@ -220,7 +216,7 @@ class AesmServer:
         if batch:
             first = batch[0][1]
             if not self._ring and len(batch) <= _INLINE and all(t is first for _, t in batch) \
-                    and self.loop.time() >= self._mixed_until:
+                    and not self._mix.active(self.loop.time()):
                 for sock, t in batch:  # one tenant and nobody waiting: nothing to order (the common case)
                     self._new_connection(sock, t)
             else:

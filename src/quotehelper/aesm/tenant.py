@@ -172,6 +172,29 @@ class Tenant:
         return f"Tenant({self.describe()})"
 
 
+class TenantMix:
+    """Whether tenants take turns: `seen(tenant, now)` on each arrival (callers skip it while `tenant is
+    last`, the common case of one client); `active(now)` within `WINDOW` seconds of an arrival from
+    another tenant than the one before. Used by the server (connections, loop time) and the responder
+    (requests, perf_counter), each with its own clock; denied tenants are not passed in."""
+
+    WINDOW = 1.0
+    __slots__ = ("last", "at")
+
+    def __init__(self) -> None:
+        self.last: Tenant | None = None
+        self.at = float("-inf")  # when an arrival last came from another tenant than the one before
+
+    def seen(self, tenant: Tenant, now: float) -> None:
+        if tenant is not self.last:
+            if self.last is not None:
+                self.at = now
+            self.last = tenant
+
+    def active(self, now: float) -> bool:
+        return now - self.at < self.WINDOW
+
+
 class TenantRegistry:
     """Maps a connected socket to its Tenant, per worker. `identify(sock)` costs ~1.5 us on a cache hit."""
 

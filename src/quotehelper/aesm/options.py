@@ -12,6 +12,7 @@ from quotehelper.aesm.framing import MAX_FRAME
 from quotehelper.errors import QuoteHelperError
 
 TENANT_MODES = ("pod", "uid", "none")
+MAX_ANTICIPATION = 0.1  # seconds
 
 
 class ServeOptionsError(QuoteHelperError):
@@ -51,6 +52,8 @@ class ServeOptions:
     deny_pods: tuple[str, ...] = ()  # "namespace/name" or a pod UID
     pods_log_dir: str = "/var/log/pods"  # kubelet's <namespace>_<name>_<uid> directories: pod UID -> name
     metrics_tenants: int = 10  # tenants with their own metric labels (the busiest); the rest are "other"
+    # Seconds heavy tenants wait after a light tenant is answered (anticipate.py; 0 = never)
+    anticipation: float = 0.004
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # from JSON (the worker's argv) lists arrive: make them tuples
@@ -65,6 +68,8 @@ class ServeOptions:
         for name in ("tenant_max_connections", "tenant_queue_limit", "metrics_tenants"):
             if getattr(self, name) < 0:
                 raise ServeOptionsError(f"{name} must be 0 (automatic) or more")
+        if not 0 <= self.anticipation <= MAX_ANTICIPATION:
+            raise ServeOptionsError(f"anticipation must be between 0 and {MAX_ANTICIPATION} seconds")
 
     @property
     def tenant_connections(self) -> int:
@@ -78,6 +83,11 @@ class ServeOptions:
         """Engine calls one tenant may have queued in one worker: by default the whole queue, as a full
         queue makes room for a tenant with fewer queued (FairQueue.push)."""
         return self.tenant_queue_limit or self.queue_limit
+
+    @property
+    def anticipates(self) -> bool:
+        """Whether workers hold heavy tenants for light ones (needs tenants to tell apart)."""
+        return self.anticipation > 0 and self.tenant_by != "none"
 
     @property
     def access_control(self) -> bool:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from time import perf_counter
+from time import monotonic, perf_counter
 
 from quotehelper.aesm import messages_pb2 as pb
+from quotehelper.aesm.anticipate import Anticipation
 from quotehelper.aesm.codes import AesmError, aesm_name
 from quotehelper.aesm.framing import encode_frame
 from quotehelper.aesm.handlers import (
@@ -65,7 +66,8 @@ class AesmResponder:
     # connections: polite p99 10-15x alone with 32, 1.5-2.1x with 4)
     SHARED_BATCH = 4
 
-    def __init__(self, dispatcher: Dispatcher, engine: QuotingEngine, options: ServeOptions | None = None) -> None:
+    def __init__(self, dispatcher: Dispatcher, engine: QuotingEngine, options: ServeOptions | None = None,
+                 anticipation: Anticipation | None = None) -> None:
         options = options or ServeOptions()
         self.dispatcher = dispatcher
         self.engine = engine
@@ -83,6 +85,7 @@ class AesmResponder:
         self._scheduled = False
         self._ran_now = False  # an engine call ran in its request's own turn (at most one per loop turn)
         self._mix = TenantMix()  # every request, engine call or not, denied ones aside
+        self._ant = anticipation  # the server's: light tenants' calls run at once during a hold
 
     def _remember(self, payload: bytes, frame: bytes, key: tuple[str, str]) -> None:
         if len(payload) > self.MEMO_MAX_PAYLOAD:
@@ -129,6 +132,10 @@ class AesmResponder:
             frame = encode_frame(out.SerializeToString())
             self._remember(payload, frame, key)
             return frame
+        ant = self._ant
+        if ant is not None and ant.until(monotonic()) and ant.light(tenant):
+            tenant.wait_count += 1  # a light tenant's call during a hold: heavy ones wait (anticipate.py)
+            return self._run(call=out, payload=payload, tenant=tenant)
         if not queue.size and not self._scheduled and not self._ran_now \
                 and mix.active(perf_counter()):
             # Tenants mix and no engine call waits: this one is what the queue would run next; run it now
@@ -212,6 +219,11 @@ class AesmResponder:
 
     def _drain(self) -> None:
         queue = self._queue
+        if self._ant is not None and queue.size:
+            until = self._ant.until(monotonic())
+            if until:  # a light tenant is being answered (its calls run at once): these after the hold
+                asyncio.get_running_loop().call_at(until, self._drain)
+                return
         if queue.size and not self._ran_now:
             # This turn's engine time goes to queued calls: no call runs in its own turn until the replies
             # computed here have gone out (their callbacks run next turn, before _next_turn)

@@ -32,6 +32,7 @@ import socket
 import struct
 from collections.abc import Callable
 
+from quotehelper.aesm.anticipate import Anticipation
 from quotehelper.aesm.framing import encode_frame
 from quotehelper.aesm.options import ServeOptions
 from quotehelper.aesm.responder import AesmResponder, Reply  # noqa: F401 - AesmResponder re-exported
@@ -103,7 +104,7 @@ class AesmServer:
     """
 
     def __init__(self, sock: socket.socket, responder: Responder, options: ServeOptions | None = None, *,
-                 tenants: TenantRegistry | None = None, backlog: int = 1024) -> None:
+                 tenants: TenantRegistry | None = None, backlog: int = 1024, anticipation: Anticipation | None = None) -> None:
         o = self.options = options or ServeOptions()
         self.sock = sock
         self.backlog = backlog
@@ -142,6 +143,9 @@ class AesmServer:
         # tenants' queues, 32 answered per loop turn, so a flood's connections wait in this process (where
         # other tenants' are answered first) rather than in the kernel's FIFO backlog.
         self._mix = TenantMix()  # accepted connections, denied tenants aside
+        # While a light tenant is answered, heavy ones wait (anticipate.py; shared by the workers).
+        self._ant = anticipation
+        self._resume: asyncio.TimerHandle | None = None  # serves the waiting ones when the hold ends
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
     async def start(self) -> None:
@@ -173,6 +177,8 @@ class AesmServer:
         taken = 0
         batch: list[tuple[_socket.socket, Tenant]] = []
         early: set[Tenant] = set()
+        ant = self._ant
+        held = False
         while taken < limit:
             try:
                 fd, _ = lsock._accept()  # type: ignore[attr-defined]  # fd only: no Python socket wrapper yet
@@ -203,6 +209,13 @@ class AesmServer:
                     continue
                 if tenant is not self._mix.last and not tenant.denied:  # denied ones are no one's competition
                     self._mix.seen(tenant, self.loop.time())
+                if ant is not None and not tenant.denied and self._mix.active(now := self.loop.time()):
+                    ant.seen(tenant, now)
+                    if ant.waits(tenant, now):  # heavy, and a light tenant is being answered: queued
+                        held = True
+                        batch.append((sock, tenant))
+                        continue
+                    ant.favour(tenant, now)
                 # A tenant's first connection in this batch, with none of its others waiting, is answered
                 # at once: it would be among the first of the round robin anyway, and waiting for the rest
                 # of a flood's batch to be accepted cost a polite request milliseconds. At most
@@ -215,7 +228,7 @@ class AesmServer:
                     batch.append((sock, tenant))
         if batch:
             first = batch[0][1]
-            if not self._ring and len(batch) <= _INLINE and all(t is first for _, t in batch) \
+            if not held and not self._ring and len(batch) <= _INLINE and all(t is first for _, t in batch) \
                     and not self._mix.active(self.loop.time()):
                 for sock, t in batch:  # one tenant and nobody waiting: nothing to order (the common case)
                     self._new_connection(sock, t)
@@ -247,6 +260,12 @@ class AesmServer:
         """Answers up to `budget` (default `_serve_batch`) waiting connections, one per tenant in turn;
         schedules itself again while some wait."""
         ring, waiting = self._ring, self._waiting
+        if self._ant is not None and ring:
+            until = self._serve_light(ring)
+            if until:  # only heavy tenants wait: their turn comes when the hold ends
+                if self._resume is None:
+                    self._resume = self.loop.call_at(until, self._hold_over)
+                return
         for _ in range(self._serve_batch if budget is None else budget):
             if not ring:
                 break
@@ -267,6 +286,27 @@ class AesmServer:
     def _serve_scheduled(self) -> None:
         self._serving = False
         self._serve_waiting()
+
+    def _hold_over(self) -> None:
+        self._resume = None
+        self._serve_waiting()
+
+    def _serve_light(self, ring: collections.deque[Tenant]) -> float:
+        """During a hold: answers the light tenants' waiting connections (few: they are light) and
+        returns when the hold ends, or 0.0 when no hold is on (or nobody is left waiting)."""
+        ant = self._ant
+        now = self.loop.time()
+        until = ant.until(now)  # type: ignore[union-attr]
+        if not until:
+            return 0.0
+        for t in [t for t in ring if not ant.waits(t, now)]:  # type: ignore[union-attr]
+            q = self._waiting.pop(t)
+            ring.remove(t)
+            self._nwaiting -= len(q)
+            t.waiting -= len(q)
+            for sock in q:
+                self._new_connection(sock, t)
+        return until if ring else 0.0
 
     def _resume_accepting(self) -> None:
         if self._listen is not None and not self._stopping.is_set():  # type: ignore[union-attr]
@@ -457,6 +497,8 @@ class AesmServer:
         except OSError:  # the client went away
             sock.close()
             return
+        if self._ant is not None:
+            self._answered(tenant)
         if sent < len(reply):  # a big reply the client has not read yet: track it with the write deadline
             conn = _Conn(sock, self.loop.time() + self.write_timeout, tenant)
             conn.answered = True
@@ -495,9 +537,18 @@ class AesmServer:
             conn.out = conn.out[sent:]
             self._watch(conn, 2)
             return
+        if self._ant is not None:
+            self._answered(conn.tenant)
         if conn.trailing:
             _drain_input(conn.sock)
         self._drop(conn)  # reply out: the server side of "one request per connection"
+
+    def _answered(self, tenant: Tenant) -> None:
+        """A reply went out: if its tenant is light, heavy ones wait while its client reads the reply and
+        sends its next step."""
+        now = self.loop.time()
+        if self._mix.active(now):
+            self._ant.favour(tenant, now)  # type: ignore[union-attr]
 
     # --- closing ----------------------------------------------------------------------------------------
 
@@ -532,6 +583,12 @@ class AesmServer:
         if self._listen is None:
             return
         self.loop.remove_reader(self._listen.fileno())
+        if self._ant is not None:  # answer everyone now
+            self._ant.release()
+            self._ant = None
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
         while self._ring:  # accepted ones first: they were there before the backlog's
             self._serve_waiting()
             await asyncio.sleep(0)

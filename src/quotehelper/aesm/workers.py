@@ -23,6 +23,7 @@ import contextlib
 import importlib
 import json
 import logging
+import os
 import signal
 import socket
 import sys
@@ -30,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
+from quotehelper.aesm.anticipate import shared_hold_fd
 from quotehelper.aesm.options import ServeOptions
 from quotehelper.cpus import usable_cpus
 from quotehelper.errors import QuoteHelperError
@@ -80,13 +82,15 @@ def default_workers() -> int:
 # --- worker process side ------------------------------------------------------------------------------
 
 async def _serve(listen: socket.socket, status: socket.socket, engine: QuotingEngine, cfg: ServeConfig,
-                 index: int = 0) -> None:
+                 index: int = 0, hold_fd: int | None = None) -> None:
+    from quotehelper.aesm.anticipate import Anticipation
     from quotehelper.aesm.handlers import Dispatcher
     from quotehelper.aesm.responder import AesmResponder
     from quotehelper.aesm.server import AesmServer
 
-    responder = AesmResponder(Dispatcher(engine.supported_att_key_ids()), engine, cfg)
-    server = AesmServer(listen, responder, cfg)
+    ant = Anticipation(cfg.anticipation, hold_fd) if cfg.anticipates else None
+    responder = AesmResponder(Dispatcher(engine.supported_att_key_ids()), engine, cfg, ant)
+    server = AesmServer(listen, responder, cfg, anticipation=ant)
     stop_metrics: Callable[[], None] | None = None
     if cfg.metrics:
         from quotehelper.aesm.metrics import WorkerMetrics, start_flushing
@@ -118,13 +122,14 @@ def warm_up(engine: QuotingEngine) -> None:
         log.warning("quoting engine not initialised at start: %s", e)
 
 
-def worker_main(listen_fd: int, status_fd: int, spec: EngineSpec, cfg: ServeConfig, index: int = 0) -> None:
+def worker_main(listen_fd: int, status_fd: int, spec: EngineSpec, cfg: ServeConfig, index: int = 0,
+                hold_fd: int | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop
     listen = socket.socket(fileno=listen_fd)
     status = socket.socket(fileno=status_fd)
     engine = spec()
     warm_up(engine)
-    asyncio.run(_serve(listen, status, engine, cfg, index))
+    asyncio.run(_serve(listen, status, engine, cfg, index, hold_fd))
 
 
 # --- supervisor side ----------------------------------------------------------------------------------
@@ -150,6 +155,8 @@ class WorkerSupervisor:
         self._closing = False
         self.restarts = 0
         self.on_exit = on_exit
+        # The workers' shared anticipatory hold (anticipate.py), inherited by every worker started
+        self.hold_fd = shared_hold_fd() if self.config.anticipates else None
 
     def pids(self) -> list[int]:
         return [w.process.pid for w in self._workers if w is not None]
@@ -162,12 +169,12 @@ class WorkerSupervisor:
         # locks, no re-import of the caller's __main__.
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         args = json.dumps({"target": self.spec.target, "args": list(self.spec.args), "then": self.spec.then,
-                           "config": asdict(self.config), "index": index})
+                           "config": asdict(self.config), "index": index, "hold_fd": self.hold_fd})
         fds = (self.listen.fileno(), child.fileno())
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "quotehelper.aesm.entry", "worker", str(fds[0]), str(fds[1]), args,
-                pass_fds=fds, stdin=asyncio.subprocess.DEVNULL)
+                pass_fds=fds if self.hold_fd is None else (*fds, self.hold_fd), stdin=asyncio.subprocess.DEVNULL)
         finally:
             child.close()
         loop = asyncio.get_running_loop()
@@ -220,6 +227,9 @@ class WorkerSupervisor:
                 with contextlib.suppress(asyncio.CancelledError):
                     await w.watcher
         self._workers = [None] * self.size
+        if self.hold_fd is not None:
+            os.close(self.hold_fd)
+            self.hold_fd = None
 
 
 def worker_entry(argv: list[str]) -> None:
@@ -230,5 +240,5 @@ def worker_entry(argv: list[str]) -> None:
     listen_fd, status_fd, spec = int(argv[0]), int(argv[1]), json.loads(argv[2])
     cfg = ServeConfig(**spec["config"])
     worker_main(listen_fd, status_fd, EngineSpec(spec["target"], tuple(spec["args"]), spec["then"]), cfg,
-                spec.get("index", 0))
+                spec.get("index", 0), spec.get("hold_fd"))
 

@@ -21,7 +21,7 @@ import click
 from quotehelper.aesm.client import SgxError, provider_from_env
 from quotehelper.aesm.launch import ServiceProcess
 from quotehelper.aesm.metrics import parse_addr
-from quotehelper.aesm.options import TENANT_MODES, ServeOptions, ServeOptionsError
+from quotehelper.aesm.options import MAX_ANTICIPATION, TENANT_MODES, ServeOptions, ServeOptionsError
 from quotehelper.aesm.service import QuoteService, exec_args
 from quotehelper.aesm.sockets import DEFAULT_SOCKET, DEFAULT_SOCKET_MODE
 from quotehelper.aesm.workers import EngineSpec
@@ -83,6 +83,10 @@ def _tenant_options(f: Callable) -> Callable:
         click.option("--pods-log-dir", type=click.Path(), default=None,
                      help="kubelet's pod log directory, whose <namespace>_<name>_<uid> entries name pods "
                           f"(mount it read-only) [default: {ServeOptions.pods_log_dir}]."),
+        click.option("--anticipation", type=click.FloatRange(0, MAX_ANTICIPATION), default=None, metavar="SECONDS",
+                     help="After a light tenant (under a quarter of a worker's recent connections) is answered, "
+                          "heavier tenants wait this long for its next step, in every worker, at most 30% of "
+                          f"the time; 0 = never [default: {ServeOptions.anticipation}]."),
         click.option("--metrics-tenants", type=click.IntRange(0), default=None,
                      help="Tenants with their own metrics label (the busiest); the rest are counted as "
                           f"\"other\" [default: {ServeOptions.metrics_tenants}]."),

@@ -173,3 +173,35 @@ def test_no_call_runs_in_its_own_turn_before_a_drain_turns_replies_are_out(tmp_p
         return late
 
     assert isinstance(asyncio.run(go()), asyncio.Future)
+
+
+def test_during_a_hold_a_light_tenants_call_runs_at_once_and_heavy_ones_wait_for_its_end(tmp_path: Path) -> None:
+    """anticipate.py in the responder: while a light tenant holds the workers its engine call runs in its
+    own turn, and the heavy tenant's queued calls run only once the hold is over."""
+    import time
+
+    from quotehelper.aesm.anticipate import Anticipation
+    from quotehelper.aesm.tenant import Tenant
+
+    ant = Anticipation(0.02)
+    eng = Counting(SimPlatform.create(tmp_path / "p").engine())
+    r = AesmResponder(Dispatcher([DEFAULT_ECDSA_ATT_KEY_ID]), eng, ServeOptions(), ant)  # type: ignore[arg-type]
+    heavy, light = Tenant("h", "h"), Tenant("l", "l")
+
+    async def go() -> None:
+        futs = [r(size_req().SerializeToString(), heavy) for _ in range(5)]
+        assert all(isinstance(f, asyncio.Future) for f in futs)  # queued: a drain turn is scheduled
+        now = time.monotonic()
+        for _ in range(40):
+            ant.seen(heavy, now)
+        ant.seen(light, now)
+        ant.favour(light, now)
+        out = r(size_req().SerializeToString(), light)
+        assert isinstance(out, bytes) and eng.calls == 1  # ran at once, ahead of the 5 queued
+        await asyncio.sleep(0.01)  # several loop turns, inside the 20 ms hold
+        assert eng.calls == 1 and not any(f.done() for f in futs)
+        replies = await asyncio.wait_for(asyncio.gather(*futs), 1.0)
+        assert time.monotonic() >= now + 0.02 and eng.calls == 6
+        assert replies == [out] * 5  # the same request, the same engine answer
+
+    asyncio.run(go())

@@ -122,5 +122,10 @@ def test_options_reject_nonsense() -> None:
         ServeOptions(tenant_by="pid")
     with pytest.raises(ServeOptionsError):
         ServeOptions(tenant_queue_limit=-1)
+    for bad in (-0.001, 0.021):
+        with pytest.raises(ServeOptionsError, match="anticipation"):
+            ServeOptions(anticipation=bad)
+    assert not ServeOptions(anticipation=0).anticipates and not ServeOptions(tenant_by="none").anticipates
+    assert ServeOptions().anticipates
     o = ServeOptions(deny_uids=[5], max_connections=100)  # type: ignore[arg-type]  # as from JSON
     assert o.deny_uids == (5,) and o.tenant_connections == 50 and o.tenant_queue == 512

@@ -9,6 +9,9 @@ import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
+from quotehelper.aesm.anticipate import Anticipation
 from quotehelper.aesm.framing import encode_frame
 from quotehelper.aesm.options import ServeOptions
 from quotehelper.aesm.server import AesmServer, ServiceSocket, echo_responder
@@ -222,6 +225,7 @@ class FakeLoop:
 
     def __init__(self) -> None:
         self.soon: list[Callable[[], None]] = []
+        self.at: list[tuple[float, Callable[[], None]]] = []
         self.now = 0.0
 
     def call_soon(self, cb: Callable[[], None]) -> None:
@@ -229,6 +233,10 @@ class FakeLoop:
 
     def call_later(self, *a: object) -> object:
         return type("H", (), {"cancel": lambda s: None})()
+
+    def call_at(self, when: float, cb: Callable[[], None]) -> object:
+        self.at.append((when, cb))
+        return type("H", (), {"cancel": lambda s: self.at.remove((when, cb))})()
 
     def time(self) -> float:
         return self.now
@@ -246,12 +254,12 @@ class Accepting:
     accepting callback, `turns()` the scheduled serve turns. `answered` lists (tenant, request number,
     connections still in the backlog) in answering order."""
 
-    def __init__(self, path: Path, **options: int) -> None:
+    def __init__(self, path: Path, anticipation: Anticipation | None = None, **options: int) -> None:
         self.reg = Scripted()
         self.answered: list[tuple[str, int, int]] = []
         self.owner = ServiceSocket(path)
         self.server = AesmServer(self.owner.sock, self._respond, ServeOptions(**options),
-                                 tenants=self.reg)  # type: ignore[arg-type]
+                                 tenants=self.reg, anticipation=anticipation)  # type: ignore[arg-type]
         self.loop = FakeLoop()
         self.server.loop = self.loop  # type: ignore[assignment]
         self.server._listen = self.owner.sock
@@ -456,3 +464,43 @@ def test_a_tenant_with_only_waiting_connections_is_not_forgotten() -> None:
     for uid in range(2000, 2008):  # the table overflows: idle tenants are forgotten, not this one
         reg._resolve(100, uid, uid)
     assert reg._resolve(100, 1000, 1000) is t
+
+
+def test_after_a_light_tenants_answer_heavy_tenants_wait_until_the_hold_ends(tmp_path: Path) -> None:
+    """anticipate.py: once a light tenant is answered, a heavy tenant's new connections wait in its queue
+    (not answered, not even in later turns) until the hold ends; the light tenant's next connection is
+    answered at once meanwhile; when the hold ends the heavy one's are answered, 32 a turn."""
+    a, b = Tenant("a", "a"), Tenant("b", "b")
+    ant = Anticipation(0.004)
+    h = Accepting(tmp_path / "t.socket", anticipation=ant, tenant_max_connections=400)
+    try:
+        h.backlog(b, 1)
+        h.accept()
+        h.backlog(a, 100)
+        h.accept()
+        h.turns()  # tenants mix, no hold yet (b was 1 of 1: not light): everything answered
+        assert len(h.answered) == 101 and ant.until(h.loop.now) == 0.0
+        h.answered.clear()
+        h.backlog(b, 1)  # 2 of 102: light
+        h.accept()
+        assert [k for k, _, _ in h.answered] == ["b"] and ant.until(h.loop.now) == pytest.approx(0.004)
+        h.backlog(a, 50)
+        h.accept()
+        h.turns()
+        assert [k for k, _, _ in h.answered] == ["b"] and a.waiting == 50  # heavy: waits out the hold
+        assert [when for when, _ in h.loop.at] == [pytest.approx(0.004)]  # one wake-up, when it ends
+        h.backlog(b, 1)
+        h.accept()
+        assert [k for k, _, _ in h.answered] == ["b", "b"] and a.waiting == 50
+        h.loop.now = 0.0041
+        (_, resume), = h.loop.at
+        h.loop.at.clear()
+        resume()
+        assert [k for k, _, _ in h.answered] == ["b", "b"] + ["a"] * 32
+        h.turns()
+        assert len(h.answered) == 52 and a.waiting == 0
+        for c in h.clients:  # every one of them got its own request back
+            c.setblocking(True)
+            assert c.recv(64)
+    finally:
+        h.close()

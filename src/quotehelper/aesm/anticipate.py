@@ -97,11 +97,10 @@ class Anticipation:
         if now - self._period_at >= PERIOD:
             self._period_at, self._spent = now, 0.0
         (until,) = _UNTIL.unpack_from(self._map)
-        end = now + self.span
-        gain = end - max(until, now)
+        start = max(until, now)
+        end = min(now + self.span, start + BUDGET * PERIOD - self._spent)  # within the budget left
+        gain = end - start
         if gain <= 0:
-            return
-        if self._spent + gain > BUDGET * PERIOD:
             return
         self._spent += gain
         self.held += gain

@@ -12,7 +12,7 @@ from quotehelper.aesm.framing import MAX_FRAME
 from quotehelper.errors import QuoteHelperError
 
 TENANT_MODES = ("pod", "uid", "none")
-MAX_ANTICIPATION = 0.1  # seconds
+MAX_ANTICIPATION = 0.02  # seconds (5 ticks at HZ=250; each worker's budget is 30 ms of every 100)
 
 
 class ServeOptionsError(QuoteHelperError):

@@ -1,0 +1,124 @@
+"""The anticipatory hold (aesm/anticipate.py): who is light, who waits, the budget, and the hold shared by
+worker processes through a memfd (a real second process)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from quotehelper.aesm import anticipate
+from quotehelper.aesm.anticipate import BUDGET, EPOCH, PERIOD, Anticipation, shared_hold_fd
+from quotehelper.aesm.tenant import Tenant
+
+SPAN = 0.004
+
+
+def crowd(ant: Anticipation, now: float, **counts: int) -> dict[str, Tenant]:
+    tenants = {k: Tenant(k, k) for k in counts}
+    for k, n in counts.items():
+        for _ in range(n):
+            ant.seen(tenants[k], now)
+    return tenants
+
+
+def test_light_is_under_a_quarter_of_the_recent_connections() -> None:
+    ant = Anticipation(SPAN)
+    t = crowd(ant, 10.0, flood=300, polite=3, half=99)
+    assert ant.light(t["polite"]) and not ant.light(t["flood"])
+    assert ant.light(t["half"])  # 99 of 402: under a quarter
+    ant.seen(t["half"], 10.0)
+    ant.seen(t["half"], 10.0)
+    assert not ant.light(t["half"])  # 101 of 404: a quarter is not light
+    alone = Anticipation(SPAN)
+    assert not alone.light(crowd(alone, 10.0, only=5)["only"])  # a lone tenant never holds the others
+
+
+def test_lightness_looks_at_the_last_two_epochs_only() -> None:
+    ant = Anticipation(SPAN)
+    t = crowd(ant, 10.0, flood=100, polite=40)  # polite not light: 40 of 140
+    assert not ant.light(t["polite"])
+    for _ in range(100):
+        ant.seen(t["flood"], 10.0 + EPOCH)  # next epoch: 40 of 240
+    assert ant.light(t["polite"])
+    ant.seen(t["flood"], 10.0 + 3.5 * EPOCH)  # after two epochs with nothing the past is forgotten:
+    ant.seen(t["polite"], 10.0 + 3.5 * EPOCH)  # 1 of 2 (with the past it would be 41 of 242: light)
+    assert not ant.light(t["flood"]) and not ant.light(t["polite"])
+
+
+def test_a_light_tenants_answer_makes_only_heavy_tenants_wait_for_span() -> None:
+    ant = Anticipation(SPAN)
+    t = crowd(ant, 10.0, flood=300, polite=1)
+    assert not ant.waits(t["flood"], 10.0)  # no hold yet
+    ant.favour(t["flood"], 10.0)  # heavy: gives no hold
+    assert ant.until(10.0) == 0.0
+    ant.favour(t["polite"], 10.0)
+    assert ant.until(10.0) == pytest.approx(10.0 + SPAN)
+    assert ant.waits(t["flood"], 10.001) and not ant.waits(t["polite"], 10.001)
+    assert not ant.waits(t["flood"], 10.0 + SPAN + 1e-6)  # over
+    ant.favour(t["polite"], 10.002)
+    ant.release()
+    assert not ant.waits(t["flood"], 10.002)
+    denied = Tenant("d", "d", denied=True)
+    ant.seen(denied, 10.002)
+    ant.favour(denied, 10.002)  # denied tenants are nobody's priority
+    assert ant.until(10.002) == 0.0
+
+
+def test_each_worker_holds_at_most_its_budget_of_a_period() -> None:
+    ant = Anticipation(SPAN)
+    t = crowd(ant, 0.0, flood=1000, polite=1)
+    held, now = 0.0, 0.0
+    while now < PERIOD - 1e-9:  # a light tenant answered every 0.5 ms, a whole period long
+        before = ant.until(now)
+        ant.favour(t["polite"], now)
+        held += ant.until(now) - max(before, now) if ant.until(now) else 0.0
+        now += 0.0005
+    assert ant.held == pytest.approx(held)
+    assert BUDGET * PERIOD - SPAN <= ant.held <= BUDGET * PERIOD + 1e-9
+    late = ant.held
+    ant.favour(t["polite"], PERIOD + 0.01)  # the next period has a budget again
+    assert ant.held == pytest.approx(late + SPAN)
+
+
+def test_the_hold_is_shared_by_processes_through_the_memfd() -> None:
+    fd = shared_hold_fd()
+    try:
+        mine = Anticipation(SPAN, fd)
+        t = crowd(mine, 0.0, flood=100)
+        child = (f"import time; from quotehelper.aesm.anticipate import Anticipation; "
+                 f"from quotehelper.aesm.tenant import Tenant; a = Anticipation({SPAN}, {fd}); "
+                 "f, p = Tenant('f', 'f'), Tenant('p', 'p'); now = time.monotonic(); "
+                 "[a.seen(f, now) for _ in range(100)]; a.seen(p, now); a.favour(p, now); print(now)")
+        out = subprocess.run([sys.executable, "-c", child], pass_fds=(fd,), capture_output=True, text=True,
+                             check=True)
+        given = float(out.stdout)
+        assert mine.until(given) == pytest.approx(given + SPAN)  # the child's hold, seen here
+        assert mine.waits(t["flood"], given)
+        mine.close()
+    finally:
+        os.close(fd)
+
+
+def test_constants_are_what_the_docs_say() -> None:
+    # README and --help quote these
+    assert (anticipate.SHARE, anticipate.BUDGET, anticipate.PERIOD) == (4, 0.3, 0.1)
+
+
+def test_a_span_longer_than_the_budget_left_is_cut_to_it() -> None:
+    ant = Anticipation(0.02)
+    t = crowd(ant, 0.0, flood=100, polite=1)
+    ant.favour(t["polite"], 0.0)
+    ant.favour(t["polite"], 0.015)  # would end at 0.035: 0.035 s held in all, past the 0.03 budget
+    assert ant.until(0.0) == pytest.approx(BUDGET * PERIOD) and ant.held == pytest.approx(BUDGET * PERIOD)
+
+
+def test_the_cli_refuses_an_anticipation_out_of_range(tmp_path: object) -> None:
+    from click.testing import CliRunner
+
+    from quotehelper.cli import main
+
+    r = CliRunner().invoke(main, ["serve", "--anticipation", "0.5", "--socket", "/nonexistent/x.socket"])
+    assert r.exit_code == 2 and "--anticipation" in r.output and "Traceback" not in r.output

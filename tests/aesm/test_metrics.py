@@ -193,6 +193,7 @@ def test_requests_results_latency_and_drops(platform: SimPlatform, tmp_path: Pat
         le = [metric(s, "quotehelper_aesm_quote_seconds_bucket", le=str(b)) for b in QUOTE_BUCKETS]
         assert le == sorted(le) and le[-1] <= 2  # cumulative
         assert ("quotehelper_aesm_queue_depth", (("worker", "0"),)) in s
+        assert metric(s, "quotehelper_aesm_anticipation_held_seconds_total") == 0  # a lone tenant: never held
 
         # AESM_BUSY: the worker is stopped while 40 GetQuoteEx requests pile up in the backlog; resumed, it
         # takes them in one accept batch with room for one engine call in its queue.

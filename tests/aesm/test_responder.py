@@ -4,12 +4,15 @@ its bound; with the real sim engine, counted by a thin delegating wrapper."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 from quotehelper.aesm import messages_pb2 as pb
+from quotehelper.aesm.anticipate import Anticipation
 from quotehelper.aesm.handlers import Dispatcher
 from quotehelper.aesm.options import ServeOptions
 from quotehelper.aesm.responder import AesmResponder
+from quotehelper.aesm.tenant import Tenant
 from quotehelper.platform.engine import QuotingEngine
 from quotehelper.platform.sim import SimPlatform
 from quotehelper.sgx.structs import DEFAULT_ECDSA_ATT_KEY_ID
@@ -175,33 +178,50 @@ def test_no_call_runs_in_its_own_turn_before_a_drain_turns_replies_are_out(tmp_p
     assert isinstance(asyncio.run(go()), asyncio.Future)
 
 
-def test_during_a_hold_a_light_tenants_call_runs_at_once_and_heavy_ones_wait_for_its_end(tmp_path: Path) -> None:
-    """anticipate.py in the responder: while a light tenant holds the workers its engine call runs in its
-    own turn, and the heavy tenant's queued calls run only once the hold is over."""
-    import time
-
+def held_responder(tmp_path: Path, **opts: int) -> tuple[AesmResponder, Counting, Anticipation, Tenant, Tenant]:
     from quotehelper.aesm.anticipate import Anticipation
     from quotehelper.aesm.tenant import Tenant
 
     ant = Anticipation(0.02)
     eng = Counting(SimPlatform.create(tmp_path / "p").engine())
-    r = AesmResponder(Dispatcher([DEFAULT_ECDSA_ATT_KEY_ID]), eng, ServeOptions(), ant)  # type: ignore[arg-type]
+    r = AesmResponder(Dispatcher([DEFAULT_ECDSA_ATT_KEY_ID]), eng, ServeOptions(**opts), ant)  # type: ignore[arg-type]
     heavy, light = Tenant("h", "h"), Tenant("l", "l")
+    now = time.monotonic()
+    for _ in range(40):
+        ant.seen(heavy, now)
+    ant.seen(light, now)
+    return r, eng, ant, heavy, light
+
+
+def test_during_a_hold_a_light_tenants_call_runs_at_once_and_heavy_ones_wait_for_its_end(tmp_path: Path) -> None:
+    """anticipate.py in the responder: with no hold a light tenant's call queues behind the heavy one's like
+    anyone's; during a hold it runs in its own turn (one per turn: the next ones queue, and run before the
+    heavy tenant's), and the heavy tenant's queued and new calls run once the hold is over."""
+    r, eng, ant, heavy, light = held_responder(tmp_path)
+    req = size_req().SerializeToString()
 
     async def go() -> None:
-        futs = [r(size_req().SerializeToString(), heavy) for _ in range(5)]
-        assert all(isinstance(f, asyncio.Future) for f in futs)  # queued: a drain turn is scheduled
+        first = [r(req, heavy) for _ in range(5)] + [r(req, light)]
+        assert all(isinstance(f, asyncio.Future) for f in first)  # no hold: the light one queues too
+        await asyncio.gather(*first)
+        await asyncio.sleep(0)  # the turn after the replies: a new request arrives
+        ran = eng.calls
         now = time.monotonic()
-        for _ in range(40):
-            ant.seen(heavy, now)
-        ant.seen(light, now)
         ant.favour(light, now)
-        out = r(size_req().SerializeToString(), light)
-        assert isinstance(out, bytes) and eng.calls == 1  # ran at once, ahead of the 5 queued
-        await asyncio.sleep(0.01)  # several loop turns, inside the 20 ms hold
-        assert eng.calls == 1 and not any(f.done() for f in futs)
-        replies = await asyncio.wait_for(asyncio.gather(*futs), 1.0)
-        assert time.monotonic() >= now + 0.02 and eng.calls == 6
-        assert replies == [out] * 5  # the same request, the same engine answer
+        futs = [r(req, heavy) for _ in range(5)]  # during the hold: queued
+        await asyncio.sleep(0)  # a drain turn: nothing it may run
+        assert eng.calls == ran and all(isinstance(f, asyncio.Future) and not f.done() for f in futs)
+        out = r(req, light)
+        assert isinstance(out, bytes) and eng.calls == ran + 1  # at once, ahead of the heavy ones
+        again = r(req, light)  # the same turn: queued, but ahead of the heavy tenant's calls
+        late = r(req, heavy)  # heavy, mixing, during a hold: queued too
+        assert isinstance(again, asyncio.Future) and isinstance(late, asyncio.Future)
+        await asyncio.wait_for(again, 1.0)
+        assert eng.calls == ran + 2 and not late.done() and not any(f.done() for f in futs)
+        await asyncio.sleep(0.005)  # several loop turns, inside the 20 ms hold
+        assert not late.done() and not any(f.done() for f in futs)
+        replies = await asyncio.wait_for(asyncio.gather(*futs, late), 1.0)
+        assert time.monotonic() >= now + 0.02 and eng.calls == 14
+        assert replies == [out] * 6  # the same request, the same engine answer
 
     asyncio.run(go())

@@ -93,3 +93,18 @@ def test_drain_empties_everything() -> None:
         q.push(a, i)
         q.push(b, i)
     assert len(q.drain()) == 6 and len(q) == 0 and a.queued == b.queued == 0 and q.pop() is None
+
+
+def test_pop_passes_over_skipped_tenants_without_using_their_turn() -> None:
+    a, b, c = tenants("a", "b", "c")
+    q: FairQueue[int] = FairQueue(limit=100, tenant_limit=100, quantum=1.0)
+    for i in range(3):
+        for t in (a, b, c):
+            q.push(t, i)
+    held = {a, c}
+    got = [q.pop(lambda t: t in held) for _ in range(4)]
+    assert [x[0] if x else None for x in got] == [b, b, b, None]  # only b's; then nothing poppable
+    assert q.size == 6 and a.queued == 3 and c.queued == 3
+    assert q.pop(lambda t: True) is None  # everything skipped: None, not a loop
+    rest = [q.pop()[0].key for _ in range(6)]  # type: ignore[index]
+    assert sorted(rest) == ["a"] * 3 + ["c"] * 3 and q.pop() is None

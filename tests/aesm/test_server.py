@@ -19,6 +19,7 @@ from quotehelper.aesm import messages_pb2 as pb
 from quotehelper.aesm import sockets
 from quotehelper.aesm.client import OutOfProcessProvider
 from quotehelper.aesm.framing import encode_frame
+from quotehelper.aesm.options import ServeOptions
 from quotehelper.aesm.server import SocketInUse
 from quotehelper.platform.sim import SimPlatform
 from quotehelper.sgx.quote import parse_quote
@@ -217,3 +218,37 @@ def test_regular_file_is_not_replaced(platform: SimPlatform, tmp_path: Path) -> 
     with pytest.raises(Exception, match="not a socket"):
         ThreadedService(str(path), platform).start()
     assert path.read_text() == "not a socket"
+
+
+def memfd_holds(pid: int) -> set[str]:
+    """The inodes of the anticipation memfds a process has mapped (/proc/PID/maps)."""
+    with open(f"/proc/{pid}/maps") as f:
+        return {line.split()[4] for line in f if "memfd:quotehelper-hold" in line}
+
+
+def test_workers_share_one_anticipation_state_and_a_replacement_joins_it(platform: SimPlatform,
+                                                                         tmp_path: Path) -> None:
+    """The hold is service-wide: every worker maps the same memfd (same inode), a replaced worker too;
+    --anticipation 0 maps none."""
+    svc = ThreadedService(str(tmp_path / "s"), platform, workers=2).start()
+    try:
+        provider = OutOfProcessProvider(svc.sock, deadline=20.0)
+        provider.target_info()
+        first, second = svc.supervisor.pids()
+        shared = memfd_holds(first)
+        assert len(shared) == 1 and memfd_holds(second) == shared
+        os.kill(first, signal.SIGKILL)
+        provider.target_info()
+        for _ in range(100):
+            if svc.supervisor.restarts == 1 and len(svc.supervisor.pids()) == 2:
+                break
+            time.sleep(0.05)
+        assert all(memfd_holds(p) == shared for p in svc.supervisor.pids())
+    finally:
+        svc.stop()
+    off = ThreadedService(str(tmp_path / "t"), platform, workers=1,
+                          options=ServeOptions(anticipation=0, read_timeout=1.0)).start()
+    try:
+        assert memfd_holds(off.supervisor.pids()[0]) == set()
+    finally:
+        off.stop()

@@ -504,3 +504,68 @@ def test_after_a_light_tenants_answer_heavy_tenants_wait_until_the_hold_ends(tmp
             assert c.recv(64)
     finally:
         h.close()
+
+
+def hold_on(h: Accepting, light: Tenant, heavy: Tenant, ant: Anticipation) -> None:
+    """Tenants mixing, `heavy` with 100 connections counted, then `light` answered: a hold is on."""
+    h.backlog(light, 1)
+    h.accept()
+    h.backlog(heavy, 100)
+    h.accept()
+    h.turns()
+    h.backlog(light, 1)
+    h.accept()
+    assert ant.until(h.loop.now)
+    h.answered.clear()
+
+
+def test_during_a_hold_light_tenants_waiting_connections_are_answered_and_denied_ones_wait(tmp_path: Path) -> None:
+    """A light tenant's connections that land in its queue are answered in turn during a hold, 32 a turn at
+    most; a denied tenant's wait with the heavy ones (nobody's priority); a second hold schedules its own
+    wake-up."""
+    a, b, d = Tenant("a", "a"), Tenant("b", "b"), Tenant("d", "d", denied=True)
+    ant = Anticipation(0.004)
+    h = Accepting(tmp_path / "t.socket", anticipation=ant, tenant_max_connections=400)
+    try:
+        hold_on(h, b, a, ant)
+        h.backlog(a, 40)
+        h.backlog(b, 40)
+        h.backlog(d, 40)
+        h.accept()
+        got = [k for k, _, _ in h.answered]
+        # b's first at once, d's first at once (answered unavailable at no cost, not held), then b's in turn
+        assert got.count("b") == 31 and got.count("d") == 1 and "a" not in got
+        h.answered.clear()
+        h.turns()
+        assert [k for k, _, _ in h.answered] == ["b"] * 9 and a.waiting == 40 and d.waiting == 39
+        (_, resume), = h.loop.at
+        h.loop.at.clear()
+        h.answered.clear()
+        h.loop.now = ant.until(h.loop.now) + 1e-6
+        resume()
+        h.turns()
+        assert sorted(k for k, _, _ in h.answered) == ["a"] * 40 + ["d"] * 39
+        h.answered.clear()
+        h.loop.now += 1.0  # a later hold: the wake-up is scheduled again
+        hold_on(h, b, a, ant)
+        h.backlog(a, 5)
+        h.accept()
+        assert not h.answered and a.waiting == 5 and len(h.loop.at) == 1
+    finally:
+        h.close()
+
+
+def test_stop_answers_heavy_tenants_held_for_a_light_one(tmp_path: Path) -> None:
+    """A stopping worker releases the hold and answers everyone it has accepted."""
+    a, b = Tenant("a", "a"), Tenant("b", "b")
+    ant = Anticipation(0.004)
+    h = Accepting(tmp_path / "t.socket", anticipation=ant, tenant_max_connections=400)
+    try:
+        hold_on(h, b, a, ant)
+        h.backlog(a, 50)
+        h.accept()
+        assert a.waiting == 50 and not h.answered
+        asyncio.run(asyncio.wait_for(h.server.stop(), 5))
+        assert [k for k, _, _ in h.answered] == ["a"] * 50 and not ant.until(h.loop.now)
+    finally:
+        h.close()

@@ -10,15 +10,18 @@ answer only light tenants: the heavy tenants' connections and engine calls wait 
 clients block, and the light client finds a CPU. Anticipatory disk schedulers idle the same way for the
 next request of the process they just served (Iyer and Druschel, SOSP 2001).
 
-Who is light: a tenant that brought fewer than 1/`SHARE` of the connections this worker accepted in the
-last two `EPOCH`s, counted only while tenants mix (TenantMix). A lone tenant is never held, and a tenant
-with a fair share of a busy service is not light. Bounded: each worker extends the hold by at most
-`BUDGET` of every `PERIOD`, so heavy tenants keep most of the service however often light ones call.
+Who is light: a tenant that brought at least one and fewer than 1/`SHARE` of the connections this worker
+accepted in the last two `EPOCH`s, counted only while tenants mix (TenantMix). A lone tenant is never
+light, nor one this worker has not seen lately, nor a denied one; a tenant with a fair share of a busy
+service is not light. A hold starts only when a light tenant's reply has gone out.
 
-The hold is one CLOCK_MONOTONIC deadline (8 bytes) in a memfd the supervisor creates and every worker
-maps, read and written without a lock: a lost update shortens one hold. Measured cost (bench/fairness.py,
-2 CPUs): flood throughput 10-25 % lower while a polite tenant quotes every 20 ms, polite p99 under the
-floods 1.2-1.9x alone instead of 3-5x.
+Bounded for the whole service, not per worker: holds spend a token bucket shared by the workers, filled
+at `BUDGET` seconds per second up to `BUDGET * PERIOD` seconds, so over any stretch of time heavy tenants
+are held at most ~`BUDGET` of it, and at most ~43 ms in one go (`BUDGET * PERIOD / (1 - BUDGET)`).
+
+The shared state (hold deadline, bucket level, bucket time: three doubles, CLOCK_MONOTONIC) lives in a
+memfd the supervisor creates and every worker maps, updated without a lock: two workers updating it in
+the same microsecond can lose one update (a hold one span shorter or longer than the bucket allows).
 """
 
 from __future__ import annotations
@@ -31,18 +34,20 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the supervisor imports this module for shared_hold_fd and stays light
     from quotehelper.aesm.tenant import Tenant
 
-_UNTIL = struct.Struct("=d")  # seconds, time.monotonic (== asyncio's loop.time): one clock for all processes
+_STATE = struct.Struct("=3d")  # hold until, bucket level (s), bucket time; time.monotonic == loop.time
 
 EPOCH = 0.05  # seconds; lightness looks at the last two
 SHARE = 4  # light: under 1/SHARE of the connections accepted lately
-PERIOD = 0.1  # seconds
-BUDGET = 0.3  # of each PERIOD, the most this worker holds the heavy tenants
+PERIOD = 0.1  # seconds: the bucket holds BUDGET * PERIOD
+BUDGET = 0.3  # of the time, at most, heavy tenants are held (all workers together)
+_INITIAL = _STATE.pack(0.0, BUDGET * PERIOD, float("-inf"))  # no hold, a full bucket
 
 
 def shared_hold_fd() -> int:
-    """A memfd for the workers' shared hold (the supervisor passes it to each worker it starts)."""
+    """A memfd for the workers' shared hold (the supervisor passes it to each worker it starts).
+    Raises OSError where memfd_create is unavailable (the caller then gives each worker its own)."""
     fd = os.memfd_create("quotehelper-hold", os.MFD_CLOEXEC)
-    os.ftruncate(fd, _UNTIL.size)
+    os.pwrite(fd, _INITIAL, 0)
     return fd
 
 
@@ -52,13 +57,14 @@ class Anticipation:
 
     def __init__(self, span: float, fd: int | None = None) -> None:
         self.span = span
-        self._map = mmap.mmap(-1 if fd is None else fd, _UNTIL.size)
+        self._map = mmap.mmap(-1 if fd is None else fd, _STATE.size)
+        if fd is None:
+            self._map[:] = _INITIAL
         self._cur: dict[Tenant, int] = {}  # connections accepted per tenant, this epoch and the one before
         self._prev: dict[Tenant, int] = {}
         self._cur_total = self._prev_total = 0
         self._epoch_at = float("-inf")
-        self._period_at = float("-inf")
-        self._spent = 0.0  # hold extended by this worker in the current period
+        self._off = False  # released: this worker no longer honours holds (it is stopping)
         self.held = 0.0  # seconds this worker extended the hold by, in all (metrics)
 
     def close(self) -> None:
@@ -77,12 +83,16 @@ class Anticipation:
         self._cur_total += 1
 
     def light(self, tenant: Tenant) -> bool:
+        if tenant.denied:
+            return False
         mine = self._cur.get(tenant, 0) + self._prev.get(tenant, 0)
-        return mine * SHARE < self._cur_total + self._prev_total
+        return mine > 0 and mine * SHARE < self._cur_total + self._prev_total
 
     def until(self, now: float) -> float:
         """When the current hold ends, or 0.0 when none is on."""
-        (until,) = _UNTIL.unpack_from(self._map)
+        if self._off:
+            return 0.0
+        until = _STATE.unpack_from(self._map)[0]
         return until if until > now else 0.0
 
     def waits(self, tenant: Tenant, now: float) -> bool:
@@ -90,22 +100,22 @@ class Anticipation:
         return bool(self.until(now)) and not self.light(tenant)
 
     def favour(self, tenant: Tenant, now: float) -> None:
-        """`tenant` is being answered: if it is light, hold the heavy ones until `now + span`, within this
-        worker's budget."""
-        if tenant.denied or not self.light(tenant):
+        """A reply to `tenant` went out: if it is light, hold the heavy ones until `now + span`, as far as
+        the shared bucket allows."""
+        if self._off or not self.light(tenant):
             return
-        if now - self._period_at >= PERIOD:
-            self._period_at, self._spent = now, 0.0
-        (until,) = _UNTIL.unpack_from(self._map)
+        until, level, at = _STATE.unpack_from(self._map)
+        level = min(BUDGET * PERIOD, level + (now - at) * BUDGET) if now > at else level
         start = max(until, now)
-        end = min(now + self.span, start + BUDGET * PERIOD - self._spent)  # within the budget left
+        end = min(now + self.span, start + level)
         gain = end - start
         if gain <= 0:
             return
-        self._spent += gain
         self.held += gain
-        _UNTIL.pack_into(self._map, 0, end)
+        _STATE.pack_into(self._map, 0, end, level - gain, max(now, at))
 
     def release(self) -> None:
-        """No hold (a stopping worker must not keep the others waiting)."""
-        _UNTIL.pack_into(self._map, 0, 0.0)
+        """Ends the hold, and this worker honours no more (it is stopping: it must answer everyone)."""
+        self._off = True
+        until, level, at = _STATE.unpack_from(self._map)
+        _STATE.pack_into(self._map, 0, 0.0, level, at)

@@ -36,8 +36,13 @@ class _Responder(Protocol):  # what a flush reads of AesmResponder (no import: m
     def take_peak_queue(self) -> int: ...
 
 
+class _Held(Protocol):
+    held: float
+
+
 class _Server(Protocol):
     stats: dict[str, int]
+    anticipation: _Held | None
 
 
 class _Tenants(Protocol):
@@ -116,6 +121,9 @@ class WorkerMetrics:
                                  "previous update, every 0.1 s)", ["worker"], multiprocess_mode="livemax")
         self.queue_depth_w = self.queue_depth.labels(str(index))
         self.queue_depth_w.set(0)
+        self.held = Counter(PREFIX + "anticipation_held_seconds", "Seconds heavy tenants were held while light "
+                            "ones were answered (--anticipation; each worker counts the extensions it made)")
+        self._held_seen = 0.0
         self._children: dict[tuple[str, str], Any] = {}
         self._server_seen: dict[str, int] = {}
         # Batched histogram updates need the per-bucket values; prometheus_client has no public
@@ -147,6 +155,10 @@ class WorkerMetrics:
                 self._server_seen[key] = stats[key]
                 self.dropped.labels(reason).inc(n)
         self.queue_depth_w.set(max(responder.take_peak_queue(), responder.queued))
+        ant = server.anticipation
+        if ant is not None and ant.held > self._held_seen:
+            self.held.inc(ant.held - self._held_seen)
+            self._held_seen = ant.held
         if tenants is not None:
             self._write_tenants(tenants)
 

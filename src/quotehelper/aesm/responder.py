@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+from collections.abc import Callable
 from time import monotonic, perf_counter
 
 from quotehelper.aesm import messages_pb2 as pb
@@ -85,7 +86,8 @@ class AesmResponder:
         self._scheduled = False
         self._ran_now = False  # an engine call ran in its request's own turn (at most one per loop turn)
         self._mix = TenantMix()  # every request, engine call or not, denied ones aside
-        self._ant = anticipation  # the server's: light tenants' calls run at once during a hold
+        self._ant = anticipation  # the server's: during a hold, heavy tenants' calls wait
+        self._parked: asyncio.TimerHandle | None = None  # the drain, waiting for a hold to end
 
     def _remember(self, payload: bytes, frame: bytes, key: tuple[str, str]) -> None:
         if len(payload) > self.MEMO_MAX_PAYLOAD:
@@ -133,10 +135,15 @@ class AesmResponder:
             self._remember(payload, frame, key)
             return frame
         ant = self._ant
-        if ant is not None and ant.until(monotonic()) and ant.light(tenant):
-            tenant.wait_count += 1  # a light tenant's call during a hold: heavy ones wait (anticipate.py)
-            return self._run(call=out, payload=payload, tenant=tenant)
-        if not queue.size and not self._scheduled and not self._ran_now \
+        if ant is not None and ant.until(monotonic()):  # a hold is on (anticipate.py)
+            if not self._ran_now and not tenant.queued and ant.light(tenant):
+                # A light tenant's call: heavy ones wait, so it is what the queue would run next. One per
+                # loop turn, as below; the next ones queue (and are run before the heavy tenants')
+                asyncio.get_running_loop().call_soon(self._next_turn)
+                self._ran_now = True
+                tenant.wait_count += 1
+                return self._run(call=out, payload=payload, tenant=tenant)
+        elif not queue.size and not self._scheduled and not self._ran_now \
                 and mix.active(perf_counter()):
             # Tenants mix and no engine call waits: this one is what the queue would run next; run it now
             # rather than two loop turns later (behind whatever else those turns hold). One per loop turn:
@@ -176,6 +183,10 @@ class AesmResponder:
             self._peak_queue = depth
         if not self._scheduled:
             self._scheduled = True
+            loop.call_soon(self._drain)
+        elif self._parked is not None:  # the drain waits for a hold to end: this call may not have to
+            self._parked.cancel()
+            self._parked = None
             loop.call_soon(self._drain)
         return fut
 
@@ -219,32 +230,41 @@ class AesmResponder:
 
     def _drain(self) -> None:
         queue = self._queue
-        if self._ant is not None and queue.size:
-            until = self._ant.until(monotonic())
-            if until:  # a light tenant is being answered (its calls run at once): these after the hold
-                asyncio.get_running_loop().call_at(until, self._drain)
-                return
-        if queue.size and not self._ran_now:
-            # This turn's engine time goes to queued calls: no call runs in its own turn until the replies
-            # computed here have gone out (their callbacks run next turn, before _next_turn)
-            self._ran_now = True
-            asyncio.get_running_loop().call_soon(self._next_turn)
+        self._parked = None
+        ant = self._ant
+        skip = None
+        until = 0.0
+        if ant is not None and queue.size:
+            now = monotonic()
+            until = ant.until(now)
+            if until:  # a light tenant is being answered: the heavy ones' calls wait for the hold's end
+                def skip(t: Tenant, _waits: Callable[[Tenant, float], bool] = ant.waits, _now: float = now) -> bool:
+                    return _waits(t, _now)
+        stalled = False
         try:
             batch = self.SHARED_BATCH if self._mix.active(perf_counter()) else self.BATCH
             for _ in range(batch):
-                nxt = queue.pop()
+                nxt = queue.pop(skip)
                 if nxt is None:
+                    stalled = queue.size > 0
                     break
                 tenant, (call, fut, payload, queued_at) = nxt
                 if fut.done():  # the client went away meanwhile
                     continue
+                if not self._ran_now:
+                    # This turn's engine time goes to queued calls: no call runs in its own turn until the
+                    # replies computed here have gone out (their callbacks run next turn, before _next_turn)
+                    self._ran_now = True
+                    asyncio.get_running_loop().call_soon(self._next_turn)
                 t0 = perf_counter()
                 tenant.wait_sum += t0 - queued_at
                 tenant.wait_count += 1
                 fut.set_result(self._run(call, payload, tenant))  # never leaves a client waiting
                 queue.charge(tenant, perf_counter() - t0)
         finally:
-            if queue.size:
+            if stalled:
+                self._parked = asyncio.get_running_loop().call_at(until, self._drain)
+            elif queue.size:
                 asyncio.get_running_loop().call_soon(self._drain)  # let I/O in before the next batch
             else:
                 self._scheduled = False

@@ -17,6 +17,7 @@ Admission (`push`) keeps memory bounded and sends AESM_BUSY to the tenant over i
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 from quotehelper.aesm.tenant import Tenant
@@ -89,10 +90,20 @@ class FairQueue(Generic[T]):
         self.size += 1
         return True, evicted
 
-    def pop(self) -> tuple[Tenant, T] | None:
+    def pop(self, skip: Callable[[Tenant], bool] | None = None) -> tuple[Tenant, T] | None:
+        """The next item by deficit round robin, passing over (without using their turn) the tenants
+        for which `skip` is true; None when nothing else is queued."""
         rot = self._rotation
+        passed = 0
         while rot:
             q = rot[0]
+            if skip is not None and skip(q.tenant):
+                if passed >= len(rot) - 1:
+                    return None
+                passed += 1
+                rot.rotate(-1)
+                continue
+            passed = 0
             if not q.in_turn:
                 q.in_turn = True
                 q.deficit += self.quantum

@@ -144,6 +144,7 @@ class AesmServer:
         # other tenants' are answered first) rather than in the kernel's FIFO backlog.
         self._mix = TenantMix()  # accepted connections, denied tenants aside
         # While a light tenant is answered, heavy ones wait (anticipate.py; shared by the workers).
+        self.anticipation = anticipation  # kept for the metrics after stop() clears _ant
         self._ant = anticipation
         self._resume: asyncio.TimerHandle | None = None  # serves the waiting ones when the hold ends
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
@@ -178,7 +179,6 @@ class AesmServer:
         batch: list[tuple[_socket.socket, Tenant]] = []
         early: set[Tenant] = set()
         ant = self._ant
-        held = False
         while taken < limit:
             try:
                 fd, _ = lsock._accept()  # type: ignore[attr-defined]  # fd only: no Python socket wrapper yet
@@ -212,10 +212,8 @@ class AesmServer:
                 if ant is not None and not tenant.denied and self._mix.active(now := self.loop.time()):
                     ant.seen(tenant, now)
                     if ant.waits(tenant, now):  # heavy, and a light tenant is being answered: queued
-                        held = True
                         batch.append((sock, tenant))
                         continue
-                    ant.favour(tenant, now)
                 # A tenant's first connection in this batch, with none of its others waiting, is answered
                 # at once: it would be among the first of the round robin anyway, and waiting for the rest
                 # of a flood's batch to be accepted cost a polite request milliseconds. At most
@@ -228,7 +226,7 @@ class AesmServer:
                     batch.append((sock, tenant))
         if batch:
             first = batch[0][1]
-            if not held and not self._ring and len(batch) <= _INLINE and all(t is first for _, t in batch) \
+            if not self._ring and len(batch) <= _INLINE and all(t is first for _, t in batch) \
                     and not self._mix.active(self.loop.time()):
                 for sock, t in batch:  # one tenant and nobody waiting: nothing to order (the common case)
                     self._new_connection(sock, t)
@@ -260,16 +258,25 @@ class AesmServer:
         """Answers up to `budget` (default `_serve_batch`) waiting connections, one per tenant in turn;
         schedules itself again while some wait."""
         ring, waiting = self._ring, self._waiting
-        if self._ant is not None and ring:
-            until = self._serve_light(ring)
-            if until:  # only heavy tenants wait: their turn comes when the hold ends
-                if self._resume is None:
-                    self._resume = self.loop.call_at(until, self._hold_over)
-                return
-        for _ in range(self._serve_batch if budget is None else budget):
-            if not ring:
-                break
+        ant = self._ant
+        until = now = 0.0
+        if ant is not None and ring:
+            now = self.loop.time()
+            until = ant.until(now)
+        n = self._serve_batch if budget is None else budget
+        passed = 0  # heavy tenants passed over in a row during a hold
+        while n > 0 and ring:
             tenant = ring.popleft()
+            if until and ant.waits(tenant, now):  # type: ignore[union-attr]
+                ring.append(tenant)
+                passed += 1
+                if passed >= len(ring):  # only heavy ones wait: their turn comes when the hold ends
+                    if self._resume is None:
+                        self._resume = self.loop.call_at(until, self._hold_over)
+                    return
+                continue
+            passed = 0
+            n -= 1
             q = waiting[tenant]
             sock = q.popleft()
             self._nwaiting -= 1
@@ -291,22 +298,6 @@ class AesmServer:
         self._resume = None
         self._serve_waiting()
 
-    def _serve_light(self, ring: collections.deque[Tenant]) -> float:
-        """During a hold: answers the light tenants' waiting connections (few: they are light) and
-        returns when the hold ends, or 0.0 when no hold is on (or nobody is left waiting)."""
-        ant = self._ant
-        now = self.loop.time()
-        until = ant.until(now)  # type: ignore[union-attr]
-        if not until:
-            return 0.0
-        for t in [t for t in ring if not ant.waits(t, now)]:  # type: ignore[union-attr]
-            q = self._waiting.pop(t)
-            ring.remove(t)
-            self._nwaiting -= len(q)
-            t.waiting -= len(q)
-            for sock in q:
-                self._new_connection(sock, t)
-        return until if ring else 0.0
 
     def _resume_accepting(self) -> None:
         if self._listen is not None and not self._stopping.is_set():  # type: ignore[union-attr]

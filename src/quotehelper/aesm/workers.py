@@ -156,7 +156,12 @@ class WorkerSupervisor:
         self.restarts = 0
         self.on_exit = on_exit
         # The workers' shared anticipatory hold (anticipate.py), inherited by every worker started
-        self.hold_fd = shared_hold_fd() if self.config.anticipates else None
+        self.hold_fd: int | None = None
+        if self.config.anticipates:
+            try:
+                self.hold_fd = shared_hold_fd()
+            except OSError as e:  # no memfd_create (seccomp, old kernel): each worker holds on its own
+                log.warning("no shared anticipation state (%s): each worker keeps its own", e)
 
     def pids(self) -> list[int]:
         return [w.process.pid for w in self._workers if w is not None]

@@ -16,8 +16,10 @@ light, nor one this worker has not seen lately, nor a denied one; a tenant with 
 service is not light. A hold starts only when a light tenant's reply has gone out.
 
 Bounded for the whole service, not per worker: holds spend a token bucket shared by the workers, filled
-at `BUDGET` seconds per second up to `BUDGET * PERIOD` seconds, so over any stretch of time heavy tenants
-are held at most ~`BUDGET` of it, and at most ~43 ms in one go (`BUDGET * PERIOD / (1 - BUDGET)`).
+at `BUDGET` seconds per second up to `BURST` seconds, so over any stretch of time heavy tenants are held
+at most ~`BUDGET` of it (they keep half the service: a fair share against the light ones together), and
+at most `BURST / (1 - BUDGET)` = 40 ms in one go. A polite client quoting every 20 ms needs ~25 % (its
+quote plus one span, per quote).
 
 The shared state (hold deadline, bucket level, bucket time: three doubles, CLOCK_MONOTONIC) lives in a
 memfd the supervisor creates and every worker maps, updated without a lock: two workers updating it in
@@ -38,9 +40,9 @@ _STATE = struct.Struct("=3d")  # hold until, bucket level (s), bucket time; time
 
 EPOCH = 0.05  # seconds; lightness looks at the last two
 SHARE = 4  # light: under 1/SHARE of the connections accepted lately
-PERIOD = 0.1  # seconds: the bucket holds BUDGET * PERIOD
-BUDGET = 0.3  # of the time, at most, heavy tenants are held (all workers together)
-_INITIAL = _STATE.pack(0.0, BUDGET * PERIOD, float("-inf"))  # no hold, a full bucket
+BUDGET = 0.5  # of the time, at most, heavy tenants are held (all workers together): they keep half
+BURST = 0.02  # seconds: the bucket's size, so at most BURST / (1 - BUDGET) = 40 ms held in one go
+_INITIAL = _STATE.pack(0.0, BURST, float("-inf"))  # no hold, a full bucket
 
 
 def shared_hold_fd() -> int:
@@ -105,7 +107,7 @@ class Anticipation:
         if self._off or not self.light(tenant):
             return
         until, level, at = _STATE.unpack_from(self._map)
-        level = min(BUDGET * PERIOD, level + (now - at) * BUDGET) if now > at else level
+        level = min(BURST, level + (now - at) * BUDGET) if now > at else level
         start = max(until, now)
         end = min(now + self.span, start + level)
         gain = end - start

@@ -12,7 +12,7 @@ from quotehelper.aesm.framing import MAX_FRAME
 from quotehelper.errors import QuoteHelperError
 
 TENANT_MODES = ("pod", "uid", "none")
-MAX_ANTICIPATION = 0.02  # seconds (5 ticks at HZ=250; each worker's budget is 30 ms of every 100)
+MAX_ANTICIPATION = 0.02  # seconds: 5 ticks at HZ=250, and the shared bucket's size (anticipate.BURST)
 
 
 class ServeOptionsError(QuoteHelperError):

@@ -85,7 +85,7 @@ def _tenant_options(f: Callable) -> Callable:
                           f"(mount it read-only) [default: {ServeOptions.pods_log_dir}]."),
         click.option("--anticipation", type=click.FloatRange(0, MAX_ANTICIPATION), default=None, metavar="SECONDS",
                      help="After a light tenant (under a quarter of a worker's recent connections) is answered, "
-                          "heavier tenants wait this long for its next step, in every worker; at most 30% of "
+                          "heavier tenants wait this long for its next step, in every worker; at most half "
                           f"the time in all; 0 = never [default: {ServeOptions.anticipation}]."),
         click.option("--metrics-tenants", type=click.IntRange(0), default=None,
                      help="Tenants with their own metrics label (the busiest); the rest are counted as "

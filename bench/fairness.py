@@ -82,7 +82,9 @@ class Bench:
     def service(self, tenant_by: str) -> ServiceProcess:
         self.err = (self.tmp / "serve.err").open("wb")
         return ServiceProcess(self.tmp / "aesm.socket", self.platform.platform_dir, workers=self.args.workers,
-                              extra=["--tenant-by", tenant_by, "--metrics-addr", "127.0.0.1:0"],
+                              extra=["--tenant-by", tenant_by, "--metrics-addr", "127.0.0.1:0",
+                                     *(["--anticipation", str(self.args.anticipation)]
+                                       if self.args.anticipation is not None else [])],
                               stderr=self.err.fileno())
 
     def queue_waits(self) -> dict[str, tuple[float, int]]:
@@ -168,6 +170,8 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=0.02, help="seconds between polite quotes")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--tenant-by", default="pod", help="the service's --tenant-by")
+    ap.add_argument("--anticipation", type=float, default=None,
+                    help="the service's --anticipation in seconds (0: off) [default: the service's]")
     ap.add_argument("--flood-nice", type=int, default=0,
                     help="nice value of the flooding process (standing in for its pod's CPU share on a node)")
     ap.add_argument("--only", nargs="*", default=[], metavar="SCENARIO",
@@ -183,7 +187,8 @@ def main() -> None:
                 f"distinct uids only ({b.pods.unavailable})" if b.root else "ONE uid, NOT separable: not root")
             print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; {args.workers} workers; "
                   f"tenants: {sep}; polite: one quote every {args.interval * 1000:.0f} ms, "
-                  f"{args.quotes} per scenario; flood: {b.gen.label}")
+                  f"{args.quotes} per scenario; flood: {b.gen.label}; anticipation: "
+                  f"{'service default' if args.anticipation is None else args.anticipation}")
             t0 = time.monotonic()
             for mode in [args.tenant_by, *(["none"] if args.compare else [])]:
                 b.run(mode)

@@ -53,7 +53,7 @@ class ServeOptions:
     pods_log_dir: str = "/var/log/pods"  # kubelet's <namespace>_<name>_<uid> directories: pod UID -> name
     metrics_tenants: int = 10  # tenants with their own metric labels (the busiest); the rest are "other"
     # Seconds heavy tenants wait after a light tenant is answered (anticipate.py; 0 = never)
-    anticipation: float = 0.004
+    anticipation: float = 0.01
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):  # from JSON (the worker's argv) lists arrive: make them tuples

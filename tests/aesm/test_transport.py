@@ -569,3 +569,34 @@ def test_stop_answers_heavy_tenants_held_for_a_light_one(tmp_path: Path) -> None
         assert [k for k, _, _ in h.answered] == ["a"] * 50 and not ant.until(h.loop.now)
     finally:
         h.close()
+
+
+def test_during_a_hold_a_heavy_tenants_refused_connections_are_closed_when_it_ends(tmp_path: Path) -> None:
+    """Closed at once, a refused connection's client reconnects at once (the connection-holding attack
+    reopens ~10,000 a second): during a hold they stay open, unanswered, until the hold ends."""
+    a, b = Tenant("a", "a"), Tenant("b", "b")
+    ant = Anticipation(0.004)
+    h = Accepting(tmp_path / "t.socket", anticipation=ant, tenant_max_connections=110)
+    try:
+        hold_on(h, b, a, ant)
+        h.backlog(a, 120, send=False)
+        h.accept()
+        assert a.waiting == 110 and h.server.stats["tenant_cap"] == 10
+        refused = h.clients[-10:]
+        for c in refused:
+            c.setblocking(False)
+            with pytest.raises(BlockingIOError):  # open: no EOF yet
+                c.recv(1)
+        (close,) = [cb for _, cb in h.loop.at if cb == h.server._close_parked]
+        close()
+        for c in refused:
+            c.setblocking(True)
+            c.settimeout(5)
+            assert c.recv(1) == b""  # closed unanswered, as any refused connection
+        h.loop.now = 1000.0  # no hold: refused ones are closed at once
+        h.backlog(a, 1, send=False)
+        h.accept()
+        h.clients[-1].settimeout(5)
+        assert h.server.stats["tenant_cap"] == 11 and h.clients[-1].recv(1) == b"" and not h.server._parked
+    finally:
+        h.close()

@@ -63,6 +63,7 @@ def echo_responder(payload: bytes, tenant: Tenant | None = None) -> Reply:
 
 _MSG_DONTWAIT = socket.MSG_DONTWAIT
 _INLINE = 128  # accepted connections of a single tenant answered in the accepting callback itself
+_PARK_MAX = 256  # refused connections kept open until a hold ends, per worker (file descriptors)
 _RECV_SIZE = 65536
 
 
@@ -147,6 +148,8 @@ class AesmServer:
         self.anticipation = anticipation  # kept for the metrics after stop() clears _ant
         self._ant = anticipation
         self._resume: asyncio.TimerHandle | None = None  # serves the waiting ones when the hold ends
+        self._parked: list[_socket.socket] = []  # refused during a hold, closed when it ends (_refuse)
+        self._unpark: asyncio.TimerHandle | None = None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
 
     async def start(self) -> None:
@@ -350,13 +353,28 @@ class AesmServer:
     def _refuse(self, sock: _socket.socket, tenant: Tenant, reason: str) -> None:
         self.stats[reason] += 1
         tenant.dropped[reason] = tenant.dropped.get(reason, 0) + 1
-        sock.close()
+        ant = self._ant
+        if ant is not None and len(self._parked) < _PARK_MAX and (until := ant.until(self.loop.time())) \
+                and not ant.light(tenant):
+            # During a hold, a heavy tenant's refused connection is closed when the hold ends: closed now,
+            # its client would reconnect at once, and that churn is the CPU the hold is freeing
+            self._parked.append(sock)
+            if self._unpark is None:
+                self._unpark = self.loop.call_at(until, self._close_parked)
+        else:
+            sock.close()
         now = self.loop.time()
         if now - tenant.log_at >= REFUSED_LOG_INTERVAL or not tenant.log_at:
             tenant.log_at = now
             log.warning("closed a connection of %s unanswered (%s): it holds %d of this worker's %d "
                         "(%d closed so far)", tenant.describe(), reason, tenant.conns, len(self.connections),
                         tenant.dropped[reason])
+
+    def _close_parked(self) -> None:
+        self._unpark = None
+        parked, self._parked = self._parked, []
+        for sock in parked:
+            sock.close()
 
     def _make_room(self, tenant: Tenant) -> bool:
         """The worker is full: the tenant holding the most connections, if it holds more than `tenant`
@@ -580,6 +598,9 @@ class AesmServer:
         if self._resume is not None:
             self._resume.cancel()
             self._resume = None
+        if self._unpark is not None:
+            self._unpark.cancel()
+        self._close_parked()
         while self._ring:  # accepted ones first: they were there before the backlog's
             self._serve_waiting()
             await asyncio.sleep(0)

@@ -211,6 +211,7 @@ def test_during_a_hold_a_light_tenants_call_runs_at_once_and_heavy_ones_wait_for
         futs = [r(req, heavy) for _ in range(5)]  # during the hold: queued
         await asyncio.sleep(0)  # a drain turn: nothing it may run
         assert eng.calls == ran and all(isinstance(f, asyncio.Future) and not f.done() for f in futs)
+        assert r._parked is not None and not r._ran_now  # parked on a timer (no spinning), turn not claimed
         out = r(req, light)
         assert isinstance(out, bytes) and eng.calls == ran + 1  # at once, ahead of the heavy ones
         again = r(req, light)  # the same turn: queued, but ahead of the heavy tenant's calls
@@ -218,10 +219,12 @@ def test_during_a_hold_a_light_tenants_call_runs_at_once_and_heavy_ones_wait_for
         assert isinstance(again, asyncio.Future) and isinstance(late, asyncio.Future)
         await asyncio.wait_for(again, 1.0)
         assert eng.calls == ran + 2 and not late.done() and not any(f.done() for f in futs)
+        await asyncio.sleep(0)
+        assert r(req, light) == out and eng.calls == ran + 3  # a later turn: inline again
         await asyncio.sleep(0.005)  # several loop turns, inside the 20 ms hold
         assert not late.done() and not any(f.done() for f in futs)
         replies = await asyncio.wait_for(asyncio.gather(*futs, late), 1.0)
-        assert time.monotonic() >= now + 0.02 and eng.calls == 14
+        assert time.monotonic() >= now + 0.02 and eng.calls == 15
         assert replies == [out] * 6  # the same request, the same engine answer
 
     asyncio.run(go())

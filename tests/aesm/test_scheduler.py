@@ -108,3 +108,21 @@ def test_pop_passes_over_skipped_tenants_without_using_their_turn() -> None:
     assert q.pop(lambda t: True) is None  # everything skipped: None, not a loop
     rest = [q.pop()[0].key for _ in range(6)]  # type: ignore[index]
     assert sorted(rest) == ["a"] * 3 + ["c"] * 3 and q.pop() is None
+
+
+def test_a_skip_neither_costs_the_skipped_their_turn_nor_strands_a_tenant_out_of_credit() -> None:
+    h1, light, h2 = tenants("h1", "light", "h2")
+    q: FairQueue[int] = FairQueue(limit=100, tenant_limit=100, quantum=1e-6)
+    for t in (h1, light, h2):
+        for i in range(3):
+            q.push(t, i)
+    assert q.pop()[0] is h1  # type: ignore[index]
+    q.charge(h1, 1.0)
+    rot = {x.tenant: x for x in q._rotation}
+    before = {t: (rot[t].deficit, rot[t].in_turn) for t in (h1, h2)}
+    got = q.pop(lambda t: t is not light)  # light has no credit yet: its turn gives it some
+    assert got is not None and got[0] is light
+    q.charge(light, 1.0)  # now out of credit, between two skipped tenants
+    got = q.pop(lambda t: t is not light)  # not None: its next turn comes round
+    assert got is not None and got[0] is light
+    assert {t: (rot[t].deficit, rot[t].in_turn) for t in (h1, h2)} == before  # skipped: untouched

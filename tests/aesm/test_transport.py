@@ -600,3 +600,24 @@ def test_during_a_hold_a_heavy_tenants_refused_connections_are_closed_when_it_en
         assert h.server.stats["tenant_cap"] == 11 and h.clients[-1].recv(1) == b"" and not h.server._parked
     finally:
         h.close()
+
+
+def test_a_light_tenants_connection_starts_no_hold_until_it_is_answered(tmp_path: Path) -> None:
+    """Connecting costs the service nothing to hold for: only a reply that went out starts a hold."""
+    a, b = Tenant("a", "a"), Tenant("b", "b")
+    ant = Anticipation(0.004)
+    h = Accepting(tmp_path / "t.socket", anticipation=ant, tenant_max_connections=400)
+    try:
+        h.backlog(b, 1)
+        h.accept()
+        h.backlog(a, 100)
+        h.accept()
+        h.turns()
+        h.backlog(b, 3, send=False)  # light, accepted, silent
+        h.accept()
+        assert b.conns == 3 and not ant.until(h.loop.now)
+        h.clients[-1].sendall(encode_frame(b"7"))
+        h.server._readable(h.server.connections[max(h.server.connections)])  # its request arrives
+        assert ant.until(h.loop.now)
+    finally:
+        h.close()

@@ -22,12 +22,14 @@ at most `BURST / (1 - BUDGET)` = 40 ms in one go. A polite client quoting every 
 quote plus one span, per quote).
 
 The shared state (hold deadline, bucket level, bucket time: three doubles, CLOCK_MONOTONIC) lives in a
-memfd the supervisor creates and every worker maps, updated without a lock: two workers updating it in
-the same microsecond can lose one update (a hold one span shorter or longer than the bucket allows).
+memfd the supervisor creates and every worker maps. Spending from the bucket takes a POSIX record lock
+on it (non-blocking: a worker that finds it taken skips that extension rather than stall its loop behind
+a preempted holder); reading the deadline takes none.
 """
 
 from __future__ import annotations
 
+import fcntl
 import mmap
 import os
 import struct
@@ -59,6 +61,7 @@ class Anticipation:
 
     def __init__(self, span: float, fd: int | None = None) -> None:
         self.span = span
+        self._fd = fd
         self._map = mmap.mmap(-1 if fd is None else fd, _STATE.size)
         if fd is None:
             self._map[:] = _INITIAL
@@ -106,6 +109,19 @@ class Anticipation:
         the shared bucket allows."""
         if self._off or not self.light(tenant):
             return
+        if self._fd is None:
+            self._spend(now)
+            return
+        try:  # the bucket is read, spent and written back: one worker at a time
+            fcntl.lockf(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # another worker is extending the hold right now: that will do
+            return
+        try:
+            self._spend(now)
+        finally:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN)
+
+    def _spend(self, now: float) -> None:
         until, level, at = _STATE.unpack_from(self._map)
         level = min(BURST, level + (now - at) * BUDGET) if now > at else level
         start = max(until, now)
@@ -117,7 +133,8 @@ class Anticipation:
         _STATE.pack_into(self._map, 0, end, level - gain, max(now, at))
 
     def release(self) -> None:
-        """Ends the hold, and this worker honours no more (it is stopping: it must answer everyone)."""
+        """Ends the hold, for every worker (the next light reply starts another), and this worker honours
+        no more: it is stopping and must answer everyone."""
         self._off = True
         until, level, at = _STATE.unpack_from(self._map)
         _STATE.pack_into(self._map, 0, 0.0, level, at)

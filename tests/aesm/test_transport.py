@@ -506,13 +506,24 @@ def test_after_a_light_tenants_answer_heavy_tenants_wait_until_the_hold_ends(tmp
         h.close()
 
 
-def hold_on(h: Accepting, light: Tenant, heavy: Tenant, ant: Anticipation) -> None:
-    """Tenants mixing, `heavy` with 100 connections counted, then `light` answered: a hold is on."""
+def anticipating(path: Path, cap: int = 400) -> tuple[Accepting, Tenant, Tenant, Anticipation]:
+    """An Accepting harness with a 4 ms anticipation: (harness, heavy tenant a, light tenant b, hold)."""
+    ant = Anticipation(0.004)
+    return Accepting(path, anticipation=ant, tenant_max_connections=cap), Tenant("a", "a"), Tenant("b", "b"), ant
+
+
+def mixing(h: Accepting, light: Tenant, heavy: Tenant) -> None:
+    """Tenants mixing, `light` with 1 connection and `heavy` with 100 answered and counted."""
     h.backlog(light, 1)
     h.accept()
     h.backlog(heavy, 100)
     h.accept()
     h.turns()
+
+
+def hold_on(h: Accepting, light: Tenant, heavy: Tenant, ant: Anticipation) -> None:
+    """mixing(), then `light` answered: a hold is on."""
+    mixing(h, light, heavy)
     h.backlog(light, 1)
     h.accept()
     assert ant.until(h.loop.now)
@@ -557,9 +568,7 @@ def test_during_a_hold_light_tenants_waiting_connections_are_answered_and_denied
 
 def test_stop_answers_heavy_tenants_held_for_a_light_one(tmp_path: Path) -> None:
     """A stopping worker releases the hold and answers everyone it has accepted."""
-    a, b = Tenant("a", "a"), Tenant("b", "b")
-    ant = Anticipation(0.004)
-    h = Accepting(tmp_path / "t.socket", anticipation=ant, tenant_max_connections=400)
+    h, a, b, ant = anticipating(tmp_path / "t.socket")
     try:
         hold_on(h, b, a, ant)
         h.backlog(a, 50)
@@ -574,9 +583,7 @@ def test_stop_answers_heavy_tenants_held_for_a_light_one(tmp_path: Path) -> None
 def test_during_a_hold_a_heavy_tenants_refused_connections_are_closed_when_it_ends(tmp_path: Path) -> None:
     """Closed at once, a refused connection's client reconnects at once (the connection-holding attack
     reopens ~10,000 a second): during a hold they stay open, unanswered, until the hold ends."""
-    a, b = Tenant("a", "a"), Tenant("b", "b")
-    ant = Anticipation(0.004)
-    h = Accepting(tmp_path / "t.socket", anticipation=ant, tenant_max_connections=110)
+    h, a, b, ant = anticipating(tmp_path / "t.socket", 110)
     try:
         hold_on(h, b, a, ant)
         h.backlog(a, 120, send=False)
@@ -604,15 +611,9 @@ def test_during_a_hold_a_heavy_tenants_refused_connections_are_closed_when_it_en
 
 def test_a_light_tenants_connection_starts_no_hold_until_it_is_answered(tmp_path: Path) -> None:
     """Connecting costs the service nothing to hold for: only a reply that went out starts a hold."""
-    a, b = Tenant("a", "a"), Tenant("b", "b")
-    ant = Anticipation(0.004)
-    h = Accepting(tmp_path / "t.socket", anticipation=ant, tenant_max_connections=400)
+    h, a, b, ant = anticipating(tmp_path / "t.socket")
     try:
-        h.backlog(b, 1)
-        h.accept()
-        h.backlog(a, 100)
-        h.accept()
-        h.turns()
+        mixing(h, b, a)
         h.backlog(b, 3, send=False)  # light, accepted, silent
         h.accept()
         assert b.conns == 3 and not ant.until(h.loop.now)

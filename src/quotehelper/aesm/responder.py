@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
 from time import monotonic, perf_counter
 
 from quotehelper.aesm import messages_pb2 as pb
@@ -50,6 +49,8 @@ class AesmResponder:
     at a time per event-loop iteration (so accepts and cheap calls interleave with quoting); a tenant
     over its share of the queue gets AESM_BUSY, so memory stays bounded and others keep their turn.
     A denied tenant (`tenant.denied`) gets AESM_SERVICE_UNAVAILABLE (30) for every call, and a log line.
+    During an anticipatory hold (`anticipation`, shared with the server) a light tenant's call runs in its
+    own turn and the heavy tenants' queued calls wait for the hold's end.
 
     Replies that are a function of the request bytes alone are kept in a small table keyed by those
     bytes, so a repeated request costs one dict lookup (no protobuf parse): every inline answer (the
@@ -238,8 +239,7 @@ class AesmResponder:
             now = monotonic()
             until = ant.until(now)
             if until:  # a light tenant is being answered: the heavy ones' calls wait for the hold's end
-                def skip(t: Tenant, _waits: Callable[[Tenant, float], bool] = ant.waits, _now: float = now) -> bool:
-                    return _waits(t, _now)
+                skip = functools.partial(ant.waits, now=now)
         stalled = False
         try:
             batch = self.SHARED_BATCH if self._mix.active(perf_counter()) else self.BATCH

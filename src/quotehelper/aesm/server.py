@@ -101,11 +101,13 @@ class AesmServer:
     cached). A tenant holding `options.tenant_connections` connections has further ones closed at once
     (by default half the worker's cap, so no tenant fills a worker and others always find room); when the
     worker's own cap is reached, the tenant holding the most gives up one of its connections to a tenant
-    holding fewer.
+    holding fewer. With `anticipation` (anticipate.py), after a reply to a light tenant the heavy tenants'
+    connections wait in their queues until the hold ends, and their refused ones are closed only then.
     """
 
     def __init__(self, sock: socket.socket, responder: Responder, options: ServeOptions | None = None, *,
-                 tenants: TenantRegistry | None = None, backlog: int = 1024, anticipation: Anticipation | None = None) -> None:
+                 tenants: TenantRegistry | None = None, backlog: int = 1024,
+                 anticipation: Anticipation | None = None) -> None:
         o = self.options = options or ServeOptions()
         self.sock = sock
         self.backlog = backlog
@@ -300,7 +302,6 @@ class AesmServer:
     def _hold_over(self) -> None:
         self._resume = None
         self._serve_waiting()
-
 
     def _resume_accepting(self) -> None:
         if self._listen is not None and not self._stopping.is_set():  # type: ignore[union-attr]
